@@ -1,0 +1,37 @@
+# `make serve` and `make test` work on a fresh clone: each creates .venv and installs what it needs first.
+VENV := .venv
+PY := $(VENV)/bin/python
+export BENTOML_DO_NOT_TRACK ?= true
+# Give up on an unreachable Hugging Face hub after 10 s instead of the default minute.
+export HF_HUB_ETAG_TIMEOUT ?= 10
+export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
+
+.PHONY: install serve test lint build clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# A model that cannot be imported (CLIP without hub access) is reported and leaves its routes answering 503;
+# the server starts all the same, hence the leading '-'.
+serve: install
+	-$(PY) import_models.py
+	$(VENV)/bin/bentoml serve .
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+build: install
+	$(PY) import_models.py
+	$(VENV)/bin/bentoml build .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""HTTP-facing core of the embedding server: settings, schemas, input decoding, errors."""

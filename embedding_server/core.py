@@ -1,0 +1,270 @@
+"""What each route does between HTTP and the model services: validate, pre-process, call the model, assemble.
+
+Nothing here knows BentoML: a model service is reached through a `ModelClient`, two async callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.images import decode_image
+from embedding_server.model_store import Modality, find_stored, import_hint
+from embedding_server.schemas import (
+    BatchItem,
+    BatchResult,
+    EmbedBatchMetadata,
+    EmbedBatchRequest,
+    EmbedBatchResponse,
+    EmbedImageMetadata,
+    EmbedImageRequest,
+    EmbedImageResponse,
+    EmbedTextMetadata,
+    EmbedTextRequest,
+    EmbedTextResponse,
+    HealthResponse,
+    ItemError,
+)
+from embedding_server.settings import Settings
+from models.preprocess import ImagePreprocessor
+from models.tokenizer import TextTokenizer, TokenizedText
+from models.vectors import l2_normalize
+
+logger = logging.getLogger("embedding_server")
+
+HEALTH_PROBE_TIMEOUT_S = 2.0
+
+
+class ModelUnavailable(Exception):
+    """The model service could not be reached or could not run the model."""
+
+
+@dataclass(frozen=True)
+class ModelClient:
+    """How the API reaches one model service."""
+
+    embed: Callable[[object], Awaitable[np.ndarray]]
+    """Raw (un-normalised) vectors for token ids or uint8 pixels; raises ModelUnavailable."""
+    is_loaded: Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Model:
+    """One configured model as the API sees it: its stored files, its client, or why it can't be used."""
+
+    modality: Modality
+    model_id: str
+    client: ModelClient | None
+    path: Path | None = None
+    dimension: int = 0
+    problem: str | None = None
+
+    @classmethod
+    def configure(cls, modality: Modality, model_id: str, client: ModelClient | None) -> Model:
+        if not model_id or client is None:
+            return cls(modality, model_id, None, problem=f"{modality.value} model is disabled ({modality.value.upper()}_MODEL_NAME is empty)")
+        stored = find_stored(model_id)
+        if stored is None:
+            return cls(modality, model_id, client, problem=import_hint(modality, model_id))
+        return cls(modality, model_id, client, Path(stored.path), int(stored.info.metadata["dimension"]))
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def require(self, index: int | None = None) -> ModelClient:
+        if self.problem is not None or self.client is None:
+            raise ApiError(ErrorCode.MODEL_UNAVAILABLE, self.problem or "model is not available", index)
+        return self.client
+
+    async def embed(self, inputs: object, normalize: bool) -> np.ndarray:
+        try:
+            vectors = await self.require().embed(inputs)
+        except ModelUnavailable as exc:
+            raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"{self.modality.value} model service failed: {exc}") from exc
+        return l2_normalize(vectors) if normalize else vectors
+
+    async def is_healthy(self) -> bool:
+        if self.problem is not None or self.client is None:
+            return False
+        try:
+            return await asyncio.wait_for(self.client.is_loaded(), HEALTH_PROBE_TIMEOUT_S)
+        except Exception:  # unreachable, restarting or hung: all mean "not answering"
+            return False
+
+
+class Embedder:
+    """The API's work, route by route."""
+
+    def __init__(self, settings: Settings, text: Model, image: Model) -> None:
+        self.settings = settings
+        self.text = text
+        self.image = image
+        self.tokenizer = TextTokenizer.from_dir(text.path) if text.path else None
+        self.preprocessor = ImagePreprocessor.from_dir(image.path) if image.path else None
+        self.started = time.monotonic()
+
+    # --- routes -----------------------------------------------------------------------------------------------
+
+    async def embed_text(self, request: EmbedTextRequest) -> EmbedTextResponse:
+        started = time.perf_counter()
+        self.text.require()
+        tokenized = await asyncio.to_thread(self._tokenize, request.texts, request.truncate)
+        vectors = await self.text.embed([t.ids for t in tokenized], request.normalize)
+        return EmbedTextResponse(
+            embeddings=vectors.tolist(),
+            metadata=EmbedTextMetadata(
+                count=len(vectors),
+                dimension=self.text.dimension,
+                duration=elapsed_ms(started),
+                model=self.text.model_id,
+                truncated=[i for i, t in enumerate(tokenized) if t.truncated],
+            ),
+        )
+
+    async def embed_image(self, request: EmbedImageRequest) -> EmbedImageResponse:
+        started = time.perf_counter()
+        self.image.require()
+        pixels = await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(request.images)]))
+        vectors = await self.image.embed(pixels, request.normalize)
+        return EmbedImageResponse(
+            embeddings=vectors.tolist(),
+            metadata=EmbedImageMetadata(
+                count=len(vectors), dimension=self.image.dimension, duration=elapsed_ms(started), model=self.image.model_id
+            ),
+        )
+
+    async def embed_batch(self, request: EmbedBatchRequest) -> EmbedBatchResponse:
+        started = time.perf_counter()
+        items = request.items
+        reject_duplicate_ids(items)
+        results: list[BatchResult | None] = [None] * len(items)
+        texts = [i for i, item in enumerate(items) if item.type == "text"]
+        images = [i for i, item in enumerate(items) if item.type == "image"]
+        prepare_text = functools.partial(self._prepare_batch_text, truncate=request.truncate)
+        await asyncio.gather(
+            self._embed_batch_part(self.text, texts, items, results, request.normalize, prepare_text),
+            self._embed_batch_part(self.image, images, items, results, request.normalize, self._prepare_image),
+        )
+        return EmbedBatchResponse(
+            results=results,
+            metadata=EmbedBatchMetadata(
+                total=len(items),
+                text=len(texts),
+                image=len(images),
+                failed=sum(r.error is not None for r in results),
+                duration=elapsed_ms(started),
+            ),
+        )
+
+    async def health(self) -> HealthResponse:
+        models = [m for m in (self.text, self.image) if m.enabled]
+        healthy = await asyncio.gather(*(m.is_healthy() for m in models))
+        return HealthResponse(
+            status="ok" if all(healthy) else "unavailable",
+            models={m.modality.value: ok for m, ok in zip(models, healthy)},
+            problems={m.modality.value: m.problem or "model service is not answering" for m, ok in zip(models, healthy) if not ok},
+            memory=server_memory_mb(),
+            uptime=round(time.monotonic() - self.started, 3),
+        )
+
+    # --- stages -----------------------------------------------------------------------------------------------
+
+    def _tokenize(self, texts: Sequence[str], truncate: bool, first_index: int = 0) -> list[TokenizedText]:
+        tokenized = self.tokenizer.tokenize(texts)
+        if not truncate:
+            for index, t in enumerate(tokenized, start=first_index):
+                if t.truncated:
+                    raise ApiError(
+                        ErrorCode.TOO_MANY_TOKENS,
+                        f"text {index} has {t.token_count} tokens, more than the model's {self.tokenizer.max_tokens}; "
+                        "send truncate: true to embed its beginning",
+                        index,
+                    )
+        return tokenized
+
+    def _prepare_image(self, content: str, index: int) -> np.ndarray:
+        image = decode_image(content, self.settings.max_image_bytes, self.settings.max_image_pixels, index)
+        return self.preprocessor(image)
+
+    def _prepare_batch_text(self, content: str, index: int, truncate: bool) -> list[int]:
+        if len(content) > self.settings.max_text_chars:
+            raise ApiError(
+                ErrorCode.TEXT_TOO_LONG, f"text has {len(content)} characters, more than {self.settings.max_text_chars}", index
+            )
+        return self._tokenize([content], truncate, first_index=index)[0].ids
+
+    async def _embed_batch_part(
+        self,
+        model: Model,
+        indexes: list[int],
+        items: Sequence[BatchItem],
+        results: list[BatchResult | None],
+        normalize: bool,
+        prepare: Callable[[str, int], object],
+    ) -> None:
+        """Embeds one modality's items of a batch; an item that fails gets its error in its place, the rest go on."""
+        if not indexes:
+            return
+
+        def prepare_all() -> tuple[list[int], list[object]]:
+            ready, inputs = [], []
+            for index in indexes:
+                try:
+                    model.require(index)
+                    inputs.append(prepare(items[index].content, index))
+                    ready.append(index)
+                except ApiError as error:
+                    results[index] = failed_item(items[index], error)
+            return ready, inputs
+
+        ready, inputs = await asyncio.to_thread(prepare_all)
+        if not ready:
+            return
+        try:
+            vectors = await model.embed(np.stack(inputs) if model.modality is Modality.IMAGE else inputs, normalize)
+        except ApiError as error:
+            for index in ready:
+                results[index] = failed_item(items[index], error)
+            return
+        for index, vector in zip(ready, vectors.tolist()):
+            results[index] = BatchResult(id=items[index].id, embedding=vector)
+
+
+def reject_duplicate_ids(items: Sequence[BatchItem]) -> None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.id in seen:
+            raise ApiError(ErrorCode.DUPLICATE_ID, f"id {item.id!r} of item {index} is already used by item {seen[item.id]}", index)
+        seen[item.id] = index
+
+
+def failed_item(item: BatchItem, error: ApiError) -> BatchResult:
+    return BatchResult(id=item.id, error=ItemError(code=error.code.value, message=error.message))
+
+
+def elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def server_memory_mb() -> dict[str, float]:
+    """RSS of the whole server: the `bentoml serve` process that started this worker and every process under it."""
+    server = psutil.Process(os.getppid())
+    processes = [server, *server.children(recursive=True)]
+    rss = 0
+    for process in processes:
+        try:
+            rss += process.memory_info().rss
+        except psutil.Error:  # a worker that exited between the listing and the reading
+            continue
+    return {"rss_total": round(rss / 2**20, 1), "processes": float(len(processes))}

@@ -1,0 +1,84 @@
+"""The one error type of the API, its codes and their HTTP statuses, mapped in one place."""
+
+from __future__ import annotations
+
+from enum import Enum
+from http import HTTPStatus
+
+from starlette.responses import JSONResponse
+
+
+class ErrorCode(str, Enum):
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    MISSING_FIELD = "missing_field"
+    EMPTY_INPUT = "empty_input"
+    TOO_MANY_ITEMS = "too_many_items"
+    TEXT_TOO_LONG = "text_too_long"
+    TOO_MANY_TOKENS = "too_many_tokens"
+    UNKNOWN_ITEM_TYPE = "unknown_item_type"
+    DUPLICATE_ID = "duplicate_id"
+    INVALID_BASE64 = "invalid_base64"
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MODEL_UNAVAILABLE = "model_unavailable"
+
+
+STATUS: dict[ErrorCode, HTTPStatus] = {
+    ErrorCode.INVALID_JSON: HTTPStatus.BAD_REQUEST,
+    ErrorCode.IMAGE_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.TOO_MANY_PIXELS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.MODEL_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+"""Codes not listed here are 422: the request was JSON but its content can't be embedded."""
+
+
+class ApiError(Exception):
+    """A request (or one item of it) that can't be served; `index` names the offending item when there is one."""
+
+    def __init__(self, code: ErrorCode, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.index = index
+
+    @property
+    def status(self) -> HTTPStatus:
+        return STATUS.get(self.code, HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    def body(self) -> dict:
+        detail = {"code": self.code.value, "message": self.message}
+        if self.index is not None:
+            detail["index"] = self.index
+        return {"error": detail}
+
+    def to_response(self) -> JSONResponse:
+        headers = {"Retry-After": "5"} if self.status == HTTPStatus.SERVICE_UNAVAILABLE else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+# pydantic's error types, as BentoML reports them when a body does not fit the schema, and the code each one means.
+_VALIDATION_CODES = {
+    "json_invalid": ErrorCode.INVALID_JSON,
+    "json_type": ErrorCode.INVALID_JSON,
+    "missing": ErrorCode.MISSING_FIELD,
+    "too_short": ErrorCode.EMPTY_INPUT,
+    "too_long": ErrorCode.TOO_MANY_ITEMS,
+    "string_too_long": ErrorCode.TEXT_TOO_LONG,
+    "literal_error": ErrorCode.UNKNOWN_ITEM_TYPE,
+}
+
+
+def from_validation_errors(errors: list[dict]) -> ApiError:
+    """The first of pydantic's errors as an ApiError; the first integer in its location is the item's index."""
+    first = errors[0] if errors else {"type": "", "loc": [], "msg": "invalid request"}
+    loc = [part for part in first.get("loc", []) if part != "body"]
+    code = _VALIDATION_CODES.get(first.get("type", ""), ErrorCode.INVALID_REQUEST)
+    index = next((part for part in loc if isinstance(part, int)), None)
+    where = ".".join(str(part) for part in loc)
+    message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return ApiError(code, message, index)

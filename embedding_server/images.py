@@ -1,0 +1,74 @@
+"""Image content from a request (data URL or bare base64) to a decoded, upright PIL image, within the limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embedding_server.errors import ApiError, ErrorCode
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_WHITESPACE = re.compile(rb"\s+")
+
+
+def decode_image(content: str, max_bytes: int, max_pixels: int, index: int | None = None) -> Image.Image:
+    """Decodes `data:image/...;base64,...` or bare base64 into a fully loaded image, EXIF orientation applied.
+
+    Raises ApiError (naming `index`) for bad base64, bytes that are no accepted image, a truncated file, more than
+    `max_bytes` of image or more than `max_pixels` pixels; the pixel check comes before the pixels are decoded.
+    """
+    data = _decode_base64(content, max_bytes, index)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(ErrorCode.TOO_MANY_PIXELS, f"image has more than {max_pixels} pixels", index) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ApiError(
+            ErrorCode.NOT_AN_IMAGE, f"content is not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})", index
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ApiError(ErrorCode.TOO_MANY_PIXELS, f"image is {width}x{height}, more than {max_pixels} pixels", index)
+    try:
+        image.load()  # the first frame only, for animated GIF/WebP/TIFF
+    except OSError as exc:
+        code = ErrorCode.TRUNCATED_IMAGE if "truncated" in str(exc) else ErrorCode.NOT_AN_IMAGE
+        raise ApiError(code, f"{image.format} image cannot be decoded: {exc}", index) from None
+    except Exception as exc:  # PIL's decoders raise a zoo of types on corrupt data
+        raise ApiError(ErrorCode.NOT_AN_IMAGE, f"{image.format} image cannot be decoded: {exc}", index) from None
+    return _upright(image)
+
+
+def _decode_base64(content: str, max_bytes: int, index: int | None) -> bytes:
+    payload = content
+    if content.startswith("data:"):
+        header, sep, payload = content.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ApiError(ErrorCode.INVALID_BASE64, "data URL must be of the form data:<type>;base64,<data>", index)
+    raw = _WHITESPACE.sub(b"", payload.encode("ascii", errors="replace"))
+    if len(raw) * 3 // 4 > max_bytes + 2:  # checked before decoding, so that no oversized buffer is ever made
+        raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"image is larger than {max_bytes} bytes", index)
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(ErrorCode.INVALID_BASE64, "content is neither a base64 data URL nor valid base64", index) from None
+    if len(data) > max_bytes:
+        raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, more than {max_bytes}", index)
+    if not data:
+        raise ApiError(ErrorCode.NOT_AN_IMAGE, "image content is empty", index)
+    return data
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; an unreadable EXIF block leaves it as it is."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image

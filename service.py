@@ -1,0 +1,140 @@
+"""The BentoML services: a text model, an image model, and the API that composes them.
+
+    POST /embed/text    texts -> vectors (all-MiniLM-L6-v2 by default)
+    POST /embed/image   images as data URLs -> vectors (CLIP ViT-B/32 by default)
+    POST /embed/batch   mixed text and image items with ids -> vectors in input order, bad items failing alone
+    GET  /health        models loaded and answering, memory, uptime (503 when a configured model is not)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from embedding_server.core import Embedder, Model, ModelClient
+from embedding_server.errors import ApiError
+from embedding_server.middleware import ErrorBodyMiddleware
+from embedding_server.model_service import LoadedModel, remote_client, shared_runner_connection
+from embedding_server.model_store import Modality
+from embedding_server.schemas import (
+    EmbedBatchRequest,
+    EmbedBatchResponse,
+    EmbedImageRequest,
+    EmbedImageResponse,
+    EmbedTextRequest,
+    EmbedTextResponse,
+)
+from embedding_server.settings import get_settings
+
+settings = get_settings()
+logging.getLogger("embedding_server").setLevel(settings.log_level.upper())
+
+# Adaptive batching. BentoML sheds a queued request with 503 once it has waited `max_latency_ms`, so that setting
+# is a queueing deadline, not a batching window: the dispatcher's own optimiser decides how long to wait for a batch.
+BATCHING = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms}
+# Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
+MODEL_SERVICE = {"resources": {"gpu": 0.5}, "workers": 1, "runner_connection": shared_runner_connection()}
+
+
+@bentoml.service(name="text_model", **MODEL_SERVICE)
+class TextModel:
+    """all-MiniLM-L6-v2 (or TEXT_MODEL_NAME): token ids in, mean-pooled vectors out."""
+
+    def __init__(self) -> None:
+        from models.text import TextEncoder  # torch is imported only by the model processes
+
+        self.model = LoadedModel.load(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
+
+    @bentoml.api(**BATCHING)
+    def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        return self.model.encoder.embed_token_ids(token_ids)
+
+    @bentoml.api
+    async def is_loaded(self) -> bool:
+        return self.model.encoder is not None
+
+    def __is_ready__(self) -> bool:
+        return self.model.encoder is not None
+
+
+@bentoml.service(name="image_model", **MODEL_SERVICE)
+class ImageModel:
+    """CLIP ViT-B/32 (or IMAGE_MODEL_NAME): uint8 pixels in, projected image features out."""
+
+    def __init__(self) -> None:
+        from models.image import ImageEncoder
+
+        self.model = LoadedModel.load(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
+
+    @bentoml.api(**BATCHING)
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.encoder.embed_pixels(pixels)
+
+    @bentoml.api
+    async def is_loaded(self) -> bool:
+        return self.model.encoder is not None
+
+    def __is_ready__(self) -> bool:
+        return self.model.encoder is not None
+
+
+async def health(_: Request) -> JSONResponse:
+    report = await bentoml.get_current_service().embedder.health()
+    return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+
+
+# BentoML's own APIs answer POST only; GET /health is a plain Starlette route mounted beside them.
+health_app = Starlette(routes=[Route("/health", health, methods=["GET"])])
+
+
+@bentoml.service(name="embedding_api", http={"port": settings.port, "host": settings.host}, workers=1)
+@bentoml.asgi_app(health_app, path="/")
+class EmbeddingAPI:
+    # A model whose name is empty gets no service process at all.
+    if settings.text_model_name:
+        text_model = bentoml.depends(TextModel)
+    if settings.image_model_name:
+        image_model = bentoml.depends(ImageModel)
+
+    def __init__(self) -> None:
+        self.embedder = Embedder(
+            settings,
+            Model.configure(Modality.TEXT, settings.text_model_name, self._client("text_model")),
+            Model.configure(Modality.IMAGE, settings.image_model_name, self._client("image_model")),
+        )
+
+    def _client(self, dependency: str) -> ModelClient | None:
+        service = getattr(self, dependency, None)
+        return remote_client(service) if service is not None else None
+
+    @bentoml.api(route="/embed/text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
+    async def embed_text(self, **request) -> EmbedTextResponse | JSONResponse:
+        return await answer(self.embedder.embed_text(EmbedTextRequest.model_construct(**request)))
+
+    @bentoml.api(route="/embed/image", input_spec=EmbedImageRequest, output_spec=EmbedImageResponse)
+    async def embed_image(self, **request) -> EmbedImageResponse | JSONResponse:
+        return await answer(self.embedder.embed_image(EmbedImageRequest.model_construct(**request)))
+
+    @bentoml.api(route="/embed/batch", input_spec=EmbedBatchRequest, output_spec=EmbedBatchResponse)
+    async def embed_batch(self, **request) -> EmbedBatchResponse | JSONResponse:
+        return await answer(self.embedder.embed_batch(EmbedBatchRequest.model_construct(**request)))
+
+    async def __is_ready__(self) -> bool:
+        return (await self.embedder.health()).status == "ok"
+
+
+async def answer(work):
+    """The route's response, or its ApiError as this API's JSON error body and status."""
+    try:
+        return await work
+    except ApiError as error:
+        return error.to_response()
+
+
+EmbeddingAPI.add_asgi_middleware(ErrorBodyMiddleware, routes=frozenset({"/embed/text", "/embed/image", "/embed/batch"}))
