@@ -1,0 +1,118 @@
+"""The encoders, in-process, against the reference implementations."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXT_SOURCE
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+from transformers import CLIPImageProcessorPil, CLIPModel
+
+from models.image import ImageEncoder
+from models.preprocess import ImagePreprocessor
+from models.runtime import Runtime
+from models.text import TextEncoder
+
+TEXTS = [
+    "Hello world",
+    "a photo of a dog",
+    "",
+    "Ünïcödé, emoji 🐕 and RTL עברית",
+    "quarterly tax report " * 200,  # far over 256 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> TextEncoder:
+    return TextEncoder.load(TEXT_SOURCE, Runtime.choose("cpu"))
+
+
+@pytest.fixture(scope="module")
+def image_encoder(clip_dir) -> ImageEncoder:
+    return ImageEncoder.load(clip_dir, Runtime.choose("cpu"))
+
+
+def test_text_vectors_equal_sentence_transformers(text_encoder):
+    reference = SentenceTransformer(str(TEXT_SOURCE), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    vectors = text_encoder.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    np.testing.assert_allclose(vectors[0, :5], [-0.0345, 0.0310, 0.0067, 0.0261, -0.0394], atol=1e-4)
+
+
+def test_text_batch_order_and_padding_do_not_change_vectors(text_encoder):
+    alone = np.stack([text_encoder.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(text_encoder.encode(TEXTS[::-1])[::-1], alone, atol=1e-5)
+
+
+def test_unnormalised_text_vectors_are_the_mean_pooled_ones(text_encoder):
+    raw = text_encoder.encode(TEXTS[:2], normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), text_encoder.encode(TEXTS[:2]), atol=1e-6)
+
+
+def test_tokenizer_reports_length_and_cut(text_encoder):
+    short, long = text_encoder.tokenizer.tokenize(["Hello world", TEXTS[-1]])
+    assert (short.token_count, short.truncated, len(short.ids)) == (4, False, 4)
+    assert long.truncated and long.token_count > 256 and len(long.ids) == 256 == text_encoder.tokenizer.max_tokens
+    assert long.ids[-1] == short.ids[-1]  # the closing [SEP] survives the cut
+
+
+def test_semantic_neighbours(text_encoder):
+    dog, puppy, tax = text_encoder.encode(["a photo of a dog", "a picture of a puppy", "quarterly tax report"])
+    assert dog @ puppy > dog @ tax + 0.3
+
+
+def reference_image_vectors(clip_dir, images) -> np.ndarray:
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
+    with torch.no_grad():
+        features = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
+    return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def sample_images() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    noise = lambda h, w, c=3: rng.integers(0, 256, (h, w, c) if c > 1 else (h, w), dtype=np.uint8)  # noqa: E731
+    palette = Image.fromarray(noise(33, 47)).convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 3
+    return [
+        Image.fromarray(noise(40, 64)),  # landscape
+        Image.fromarray(noise(97, 31)),  # portrait
+        Image.fromarray(noise(30, 30)),  # exactly the crop size
+        Image.fromarray(noise(15, 20)),  # smaller than the crop: upscaled
+        Image.fromarray(noise(60, 45, 4), "RGBA"),  # alpha composited onto white
+        Image.fromarray(noise(50, 50, 1), "L"),  # greyscale
+        palette,  # palette with a transparent index
+    ]
+
+
+def test_image_vectors_equal_clip_model(image_encoder, clip_dir):
+    images = sample_images()
+    vectors = image_encoder.encode(images)
+    assert vectors.shape == (len(images), 24) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, reference_image_vectors(clip_dir, images), atol=1e-5)
+
+
+def test_preprocessing_matches_clip_image_processor(clip_dir):
+    preprocessor = ImagePreprocessor.from_dir(clip_dir)
+    reference = CLIPImageProcessorPil.from_pretrained(clip_dir)
+    for image in sample_images():
+        ours = (preprocessor(image).astype(np.float32) / 255 - preprocessor.mean) / preprocessor.std
+        theirs = reference(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_full_size_preprocessing_matches_on_a_real_photo_size():
+    preprocessor = ImagePreprocessor(224, (224, 224), CLIPImageProcessorPil.image_mean, CLIPImageProcessorPil.image_std)
+    reference = CLIPImageProcessorPil()
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (768, 1024, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    image = Image.open(buffer)
+    ours = (preprocessor(image).astype(np.float32) / 255 - preprocessor.mean) / preprocessor.std
+    theirs = reference(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
