@@ -21,7 +21,7 @@ from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import LoadedModel, remote_client, shared_runner_connection
-from embedding_server.model_store import Modality
+from embedding_server.model_store import Modality, bento_model_reference
 from embedding_server.schemas import (
     EmbedBatchRequest,
     EmbedBatchResponse,
@@ -46,6 +46,8 @@ MODEL_SERVICE = {"resources": {"gpu": 0.5}, "workers": 1, "runner_connection": s
 class TextModel:
     """all-MiniLM-L6-v2 (or TEXT_MODEL_NAME): token ids in, mean-pooled vectors out."""
 
+    bento_model = bento_model_reference(settings.text_model_name)
+
     def __init__(self) -> None:
         from models.text import TextEncoder  # torch is imported only by the model processes
 
@@ -66,6 +68,8 @@ class TextModel:
 @bentoml.service(name="image_model", **MODEL_SERVICE)
 class ImageModel:
     """CLIP ViT-B/32 (or IMAGE_MODEL_NAME): uint8 pixels in, projected image features out."""
+
+    bento_model = bento_model_reference(settings.image_model_name)
 
     def __init__(self) -> None:
         from models.image import ImageEncoder

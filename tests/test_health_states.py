@@ -1,0 +1,52 @@
+"""/health and /readyz in each state: a text-only server, and a server whose image model is not in the store."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import copy_store, data_url, image_bytes, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def text_only_server(model_store, tmp_path_factory):
+    running = start_server(model_store, tmp_path_factory.mktemp("logs") / "text-only.log", IMAGE_MODEL_NAME="")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def server_missing_image_model(model_store, tmp_path_factory):
+    home = copy_store(model_store, tmp_path_factory.mktemp("partial") / "home", keep="sentence-transformers")
+    running = start_server(home, tmp_path_factory.mktemp("logs") / "missing.log", ready_path="/health")
+    yield running
+    stop_server(running)
+
+
+def test_text_only_server_is_healthy(text_only_server):
+    health = text_only_server.get("/health")
+    assert health.status_code == 200 and health.json()["models"] == {"text": True}
+    assert text_only_server.get("/readyz").status_code == 200
+    assert text_only_server.post("/embed/text", json={"texts": ["hi"]}).status_code == 200
+    response = text_only_server.post("/embed/image", json={"images": [data_url(image_bytes())]})
+    assert response.status_code == 503 and "disabled" in response.json()["error"]["message"]
+
+
+def test_missing_model_answers_503_with_how_to_import(server_missing_image_model):
+    server = server_missing_image_model
+    health = server.get("/health")
+    assert health.status_code == 503
+    body = health.json()
+    assert body["status"] != "ok" and body["models"] == {"text": True, "image": False}
+    assert "import_models.py" in body["problems"]["image"]
+    assert server.get("/readyz").status_code == 503  # BentoML's readiness agrees with /health
+
+    response = server.post("/embed/image", json={"images": [data_url(image_bytes())]})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "model_unavailable" and "import_models.py" in error["message"]
+
+    assert server.post("/embed/text", json={"texts": ["the text model still works"]}).status_code == 200
+    batch = server.post(
+        "/embed/batch",
+        json={"items": [{"id": "t", "type": "text", "content": "hi"}, {"id": "i", "type": "image", "content": "x"}]},
+    ).json()
+    assert "embedding" in batch["results"][0] and batch["results"][1]["error"]["code"] == "model_unavailable"
