@@ -50,7 +50,9 @@ def fetch_from_hub(model_id: str, into: Path) -> Path:
         ignore = NOT_PYTORCH + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
         return Path(snapshot_download(model_id, local_dir=into, ignore_patterns=ignore))
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
-        raise ImportFailed(f"{model_id!r} is not a model the Hugging Face hub serves to you: {type(exc).__name__}") from exc
+        raise ImportFailed(
+            f"{model_id!r} is not a model the Hugging Face hub serves to you: {type(exc).__name__}"
+        ) from exc
     except Exception as exc:  # every network or offline failure looks different; all mean "the hub is out of reach"
         raise HubUnreachable(f"cannot download {model_id!r} from the Hugging Face hub ({type(exc).__name__})") from exc
 
@@ -97,10 +99,16 @@ def import_model(modality: Modality, model_id: str, source: str, origin_note: st
         try:
             facts = DESCRIBE[modality](folder)
         except Exception as exc:
-            raise ImportFailed(f"{folder} is not a loadable {modality.value} model: {type(exc).__name__}: {first_line(exc)}") from exc
+            raise ImportFailed(
+                f"{folder} is not a loadable {modality.value} model: {type(exc).__name__}: {first_line(exc)}"
+            ) from exc
         metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note, **facts}
-        with bentoml.models.create(store_name(model_id), labels={"modality": modality.value}, metadata=metadata) as stored:
-            shutil.copytree(folder, stored.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", ".cache", *NOT_PYTORCH))
+        with bentoml.models.create(
+            store_name(model_id), labels={"modality": modality.value}, metadata=metadata
+        ) as stored:
+            shutil.copytree(
+                folder, stored.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", ".cache", *NOT_PYTORCH)
+            )
         return Imported(str(stored.tag), metadata)
 
 
@@ -142,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         existing = find_stored(model_id)
         if existing is not None and not args.force:
-            print(f"{modality.value}: {model_id} is already in the store as {existing.tag} (use --force to import again)")
+            print(
+                f"{modality.value}: {model_id} is already in the store as {existing.tag} (use --force to import again)"
+            )
             continue
         try:
             if modality is Modality.TEXT:
@@ -153,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {modality.value} model {model_id}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        print(f"{modality.value}: imported {model_id} as {imported.tag} from {imported.metadata['source']} "
-              f"(dimension {imported.metadata['dimension']})")
+        print(
+            f"{modality.value}: imported {model_id} as {imported.tag} from {imported.metadata['source']} "
+            f"(dimension {imported.metadata['dimension']})"
+        )
     return 1 if failures else 0
 
 

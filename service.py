@@ -1,9 +1,9 @@
 """The BentoML services: a text model, an image model, and the API that composes them.
 
-    POST /embed/text    texts -> vectors (all-MiniLM-L6-v2 by default)
-    POST /embed/image   images as data URLs -> vectors (CLIP ViT-B/32 by default)
-    POST /embed/batch   mixed text and image items with ids -> vectors in input order, bad items failing alone
-    GET  /health        models loaded and answering, memory, uptime (503 when a configured model is not)
+POST /embed/text    texts -> vectors (all-MiniLM-L6-v2 by default)
+POST /embed/image   images as data URLs -> vectors (CLIP ViT-B/32 by default)
+POST /embed/batch   mixed text and image items with ids -> vectors in input order, bad items failing alone
+GET  /health        models loaded and answering, memory, uptime (503 when a configured model is not)
 """
 
 from __future__ import annotations

@@ -72,7 +72,12 @@ class Model:
     @classmethod
     def configure(cls, modality: Modality, model_id: str, client: ModelClient | None) -> Model:
         if not model_id or client is None:
-            return cls(modality, model_id, None, problem=f"{modality.value} model is disabled ({modality.value.upper()}_MODEL_NAME is empty)")
+            return cls(
+                modality,
+                model_id,
+                None,
+                problem=f"{modality.value} model is disabled ({modality.value.upper()}_MODEL_NAME is empty)",
+            )
         stored = find_stored(model_id)
         if stored is None:
             return cls(modality, model_id, client, problem=import_hint(modality, model_id))
@@ -135,12 +140,17 @@ class Embedder:
     async def embed_image(self, request: EmbedImageRequest) -> EmbedImageResponse:
         started = time.perf_counter()
         self.image.require()
-        pixels = await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(request.images)]))
+        pixels = await asyncio.to_thread(
+            lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(request.images)])
+        )
         vectors = await self.image.embed(pixels, request.normalize)
         return EmbedImageResponse(
             embeddings=vectors.tolist(),
             metadata=EmbedImageMetadata(
-                count=len(vectors), dimension=self.image.dimension, duration=elapsed_ms(started), model=self.image.model_id
+                count=len(vectors),
+                dimension=self.image.dimension,
+                duration=elapsed_ms(started),
+                model=self.image.model_id,
             ),
         )
 
@@ -172,8 +182,12 @@ class Embedder:
         healthy = await asyncio.gather(*(m.is_healthy() for m in models))
         return HealthResponse(
             status="ok" if all(healthy) else "unavailable",
-            models={m.modality.value: ok for m, ok in zip(models, healthy)},
-            problems={m.modality.value: m.problem or "model service is not answering" for m, ok in zip(models, healthy) if not ok},
+            models={m.modality.value: ok for m, ok in zip(models, healthy, strict=True)},
+            problems={
+                m.modality.value: m.problem or "model service is not answering"
+                for m, ok in zip(models, healthy, strict=True)
+                if not ok
+            },
             memory=server_memory_mb(),
             uptime=round(time.monotonic() - self.started, 3),
         )
@@ -200,7 +214,9 @@ class Embedder:
     def _prepare_batch_text(self, content: str, index: int, truncate: bool) -> list[int]:
         if len(content) > self.settings.max_text_chars:
             raise ApiError(
-                ErrorCode.TEXT_TOO_LONG, f"text has {len(content)} characters, more than {self.settings.max_text_chars}", index
+                ErrorCode.TEXT_TOO_LONG,
+                f"text has {len(content)} characters, more than {self.settings.max_text_chars}",
+                index,
             )
         return self._tokenize([content], truncate, first_index=index)[0].ids
 
@@ -237,7 +253,7 @@ class Embedder:
             for index in ready:
                 results[index] = failed_item(items[index], error)
             return
-        for index, vector in zip(ready, vectors.tolist()):
+        for index, vector in zip(ready, vectors.tolist(), strict=True):
             results[index] = BatchResult(id=items[index].id, embedding=vector)
 
 
@@ -245,7 +261,9 @@ def reject_duplicate_ids(items: Sequence[BatchItem]) -> None:
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.id in seen:
-            raise ApiError(ErrorCode.DUPLICATE_ID, f"id {item.id!r} of item {index} is already used by item {seen[item.id]}", index)
+            raise ApiError(
+                ErrorCode.DUPLICATE_ID, f"id {item.id!r} of item {index} is already used by item {seen[item.id]}", index
+            )
         seen[item.id] = index
 
 

@@ -31,7 +31,9 @@ def decode_image(content: str, max_bytes: int, max_pixels: int, index: int | Non
         raise ApiError(ErrorCode.TOO_MANY_PIXELS, f"image has more than {max_pixels} pixels", index) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ApiError(
-            ErrorCode.NOT_AN_IMAGE, f"content is not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})", index
+            ErrorCode.NOT_AN_IMAGE,
+            f"content is not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})",
+            index,
         ) from None
     width, height = image.size
     if width * height > max_pixels:
@@ -58,7 +60,9 @@ def _decode_base64(content: str, max_bytes: int, index: int | None) -> bytes:
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(ErrorCode.INVALID_BASE64, "content is neither a base64 data URL nor valid base64", index) from None
+        raise ApiError(
+            ErrorCode.INVALID_BASE64, "content is neither a base64 data URL nor valid base64", index
+        ) from None
     if len(data) > max_bytes:
         raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, more than {max_bytes}", index)
     if not data:

@@ -22,7 +22,9 @@ def as_api_error(status: int, body: bytes) -> ApiError | None:
         return None
     if isinstance(payload.get("detail"), list):
         return from_validation_errors(payload["detail"])
-    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE if status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE else ErrorCode.INVALID_REQUEST
+    code = (
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE if status == HTTPStatus.UNSUPPORTED_MEDIA_TYPE else ErrorCode.INVALID_REQUEST
+    )
     return ApiError(code, str(payload.get("error", payload)))
 
 

@@ -37,7 +37,9 @@ class LoadedModel:
     problem: str | None
 
     @classmethod
-    def load(cls, modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> LoadedModel:
+    def load(
+        cls, modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings
+    ) -> LoadedModel:
         from models.runtime import Runtime
 
         stored = find_stored(model_id)

@@ -30,10 +30,18 @@ def find_stored(model_id: str) -> bentoml.Model | None:
 
 def import_hint(modality: Modality, model_id: str) -> str:
     """What to run to put a missing model into the store."""
-    return f"{modality.value} model {model_id!r} is not in the BentoML model store; run `python import_models.py` (or `--{modality.value}-source DIR` to import it from a local folder)"
+    return (
+        f"{modality.value} model {model_id!r} is not in the BentoML model store; run `python import_models.py` "
+        f"(or `--{modality.value}-source DIR` to import it from a local folder)"
+    )
 
 
 def bento_model_reference(model_id: str) -> bentoml.models.BentoModel | None:
-    """The reference a service declares so that `bentoml build` packs the model into the Bento. It is resolved
-    lazily: a server whose store lacks the model still starts (see `find_stored`)."""
-    return bentoml.models.BentoModel(store_name(model_id)) if model_id else None
+    """The reference a model service declares so that `bentoml build` packs the model into the Bento.
+
+    Only a stored model is declared: `bentoml serve` refuses to start when a declared model is missing, and a
+    missing model must leave the server up, answering 503 with the way to import it. (`make build` runs
+    import_models.py first and stops when a model cannot be imported, so a Bento is not built without one.)
+    """
+    stored = find_stored(model_id) if model_id else None
+    return bentoml.models.BentoModel(stored.tag) if stored is not None else None

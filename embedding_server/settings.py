@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         return int(bool(self.text_model_name)) + int(bool(self.image_model_name))
 
     def threads_per_model(self) -> int:
-        """Torch intra-op threads for one model process, so that model processes together fill and don't oversubscribe the cores."""
+        """Torch intra-op threads for one model process: together the model processes fill the cores, no more."""
         if self.torch_threads:
             return self.torch_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

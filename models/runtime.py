@@ -14,10 +14,9 @@ class Runtime:
 
     @classmethod
     def choose(cls, device: str = "auto", threads: int | None = None) -> Runtime:
-        """The GPU with fp16 when one is visible (or asked for), else the CPU in fp32 with `threads` intra-op threads."""
+        """The GPU in fp16 when one is visible (or asked for), else the CPU in fp32 with `threads` threads."""
         if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
             return cls(torch.device("cuda"), torch.float16)
         if threads:
             torch.set_num_threads(threads)
         return cls(torch.device("cpu"), torch.float32)
-

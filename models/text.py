@@ -15,7 +15,9 @@ from models.vectors import l2_normalize
 
 
 class TextEncoder:
-    """A transformer encoder with mean pooling; `encode` equals `SentenceTransformer.encode(normalize_embeddings=True)`."""
+    """A transformer encoder with mean pooling.
+
+    `encode` equals `SentenceTransformer.encode(normalize_embeddings=True)`."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: TextTokenizer, runtime: Runtime) -> None:
         self._model = model

@@ -36,8 +36,12 @@ class TextTokenizer:
         # Only texts over the limit are tokenised again, with the tokenizer's own cut, so that the special tokens
         # and the cut are exactly what the model's reference implementation produces.
         long = [i for i, ids in enumerate(full) if len(ids) > self.max_tokens]
-        cut = self._tokenizer([texts[i] for i in long], truncation=True, max_length=self.max_tokens)["input_ids"] if long else []
-        cut_ids = dict(zip(long, cut))
+        cut = (
+            self._tokenizer([texts[i] for i in long], truncation=True, max_length=self.max_tokens)["input_ids"]
+            if long
+            else []
+        )
+        cut_ids = dict(zip(long, cut, strict=True))
         return [
             TokenizedText(ids=cut_ids.get(i, ids), token_count=len(ids), truncated=i in cut_ids)
             for i, ids in enumerate(full)

@@ -1,4 +1,4 @@
-"""Fixtures: a tiny random CLIP, a temporary model store filled through import_models.py, real `bentoml serve` processes."""
+"""Fixtures: a tiny random CLIP, a model store filled by import_models.py, real `bentoml serve` processes."""
 
 from __future__ import annotations
 
@@ -102,7 +102,9 @@ def start_server(bentoml_home: Path, log: Path, target: str = ".", ready_path: s
         if process.poll() is not None:
             raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log_tail()}")
         try:
-            if server.get(ready_path).status_code in (200, 503) and (ready_path != "/readyz" or server.get("/readyz").ok):
+            if server.get(ready_path).status_code in (200, 503) and (
+                ready_path != "/readyz" or server.get("/readyz").ok
+            ):
                 return server
         except requests.ConnectionError:
             pass
@@ -128,7 +130,9 @@ def server(model_store, tmp_path_factory) -> Iterator[Server]:
     stop_server(running)
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), mode: str = "RGB", color=(200, 30, 40), **save) -> bytes:
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (64, 48), mode: str = "RGB", color=(200, 30, 40), **save
+) -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, size, color).save(buffer, fmt, **save)
     return buffer.getvalue()

@@ -35,7 +35,10 @@ def test_bento_contains_models_code_requirements_and_a_cuda_image(built_bento):
     # The Bento names each model service's model by tag; `bentoml containerize` copies them from the store into
     # the image, so the tags must be the ones in the store.
     models = {s["name"]: [m["tag"] for m in s["models"]] for s in manifest["services"]}
-    for service, name in (("text_model", "sentence-transformers--all-minilm-l6-v2"), ("image_model", "openai--clip-vit-base-patch32")):
+    for service, name in (
+        ("text_model", "sentence-transformers--all-minilm-l6-v2"),
+        ("image_model", "openai--clip-vit-base-patch32"),
+    ):
         [tag] = models[service]
         assert tag.split(":")[0] == name
         assert (home / "models" / name / tag.split(":")[1] / "model.safetensors").is_file()
@@ -59,5 +62,3 @@ def test_built_bento_serves_from_the_store(built_bento, tmp_path):
         np.testing.assert_allclose(vector[:3], [-0.0345, 0.0310, 0.0067], atol=1e-4)
     finally:
         stop_server(server)
-
-

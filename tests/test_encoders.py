@@ -52,7 +52,9 @@ def test_text_batch_order_and_padding_do_not_change_vectors(text_encoder):
 def test_unnormalised_text_vectors_are_the_mean_pooled_ones(text_encoder):
     raw = text_encoder.encode(TEXTS[:2], normalize=False)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
-    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), text_encoder.encode(TEXTS[:2]), atol=1e-6)
+    np.testing.assert_allclose(
+        raw / np.linalg.norm(raw, axis=1, keepdims=True), text_encoder.encode(TEXTS[:2]), atol=1e-6
+    )
 
 
 def test_tokenizer_reports_length_and_cut(text_encoder):

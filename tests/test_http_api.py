@@ -99,7 +99,9 @@ def test_embed_image_in_every_accepted_format(server):
 
 def test_bare_base64_equals_data_url(server):
     png = image_bytes()
-    a, b = server.post("/embed/image", json={"images": [data_url(png), base64.b64encode(png).decode()]}).json()["embeddings"]
+    a, b = server.post("/embed/image", json={"images": [data_url(png), base64.b64encode(png).decode()]}).json()[
+        "embeddings"
+    ]
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -113,7 +115,9 @@ def test_exif_orientation_is_applied(server):
     exif[0x0112] = 6
     buffer = io.BytesIO()
     stored.save(buffer, "PNG", exif=exif)
-    response = server.post("/embed/image", json={"images": [data_url(image_bytes_of(upright)), data_url(buffer.getvalue())]})
+    response = server.post(
+        "/embed/image", json={"images": [data_url(image_bytes_of(upright)), data_url(buffer.getvalue())]}
+    )
     a, b = response.json()["embeddings"]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -122,7 +126,9 @@ def test_first_frame_of_an_animated_gif(server):
     frames = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    response = server.post("/embed/image", json={"images": [data_url(buffer.getvalue()), data_url(image_bytes_of(frames[0], "GIF"))]})
+    response = server.post(
+        "/embed/image", json={"images": [data_url(buffer.getvalue()), data_url(image_bytes_of(frames[0], "GIF"))]}
+    )
     a, b = response.json()["embeddings"]
     np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -170,7 +176,9 @@ def test_batch_duplicate_ids_are_rejected(server):
 
 # --- bad input -----------------------------------------------------------------------------------------------------
 
-NOISY_JPEG = image_bytes_of(Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)), "JPEG")
+NOISY_JPEG = image_bytes_of(
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)), "JPEG"
+)
 BAD_REQUESTS = [
     ("/embed/text", "not json at all", 400, "invalid_json", None),
     ("/embed/text", {"texts": "a string, not a list"}, 422, "invalid_request", None),
@@ -183,7 +191,13 @@ BAD_REQUESTS = [
     ("/embed/image", {"images": ["ok?", "%%% not base64 %%%"]}, 422, "invalid_base64", 0),
     ("/embed/image", {"images": [data_url(b"GIF89a but then nothing")]}, 422, "not_an_image", 0),
     ("/embed/image", {"images": ["data:image/png,rawbytes"]}, 422, "invalid_base64", 0),
-    ("/embed/image", {"images": [data_url(image_bytes(), "image/png"), data_url(NOISY_JPEG[: len(NOISY_JPEG) // 2])]}, 422, "truncated_image", 1),
+    (
+        "/embed/image",
+        {"images": [data_url(image_bytes(), "image/png"), data_url(NOISY_JPEG[: len(NOISY_JPEG) // 2])]},
+        422,
+        "truncated_image",
+        1,
+    ),
     ("/embed/image", {"images": [data_url(image_bytes("JPEG", (1100, 1000)))]}, 413, "too_many_pixels", 0),
     ("/embed/image", {"images": [data_url(np.random.default_rng(0).bytes(400_000))]}, 413, "image_too_large", 0),
     ("/embed/image", {"images": []}, 422, "empty_input", None),

