@@ -20,7 +20,7 @@ from starlette.routing import Route
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
-from embedding_server.model_service import LoadedModel, remote_client, shared_runner_connection
+from embedding_server.model_service import load_encoder, remote_client, shared_runner_connection
 from embedding_server.model_store import Modality, bento_model_reference
 from embedding_server.schemas import (
     EmbedBatchRequest,
@@ -51,18 +51,18 @@ class TextModel:
     def __init__(self) -> None:
         from models.text import TextEncoder  # torch is imported only by the model processes
 
-        self.model = LoadedModel.load(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
+        self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
 
     @bentoml.api(**BATCHING)
     def embed(self, token_ids: list[list[int]]) -> np.ndarray:
-        return self.model.encoder.embed_token_ids(token_ids)
+        return self.encoder.embed_token_ids(token_ids)
 
     @bentoml.api
     async def is_loaded(self) -> bool:
-        return self.model.encoder is not None
+        return self.encoder is not None
 
     def __is_ready__(self) -> bool:
-        return self.model.encoder is not None
+        return self.encoder is not None
 
 
 @bentoml.service(name="image_model", **MODEL_SERVICE)
@@ -74,18 +74,18 @@ class ImageModel:
     def __init__(self) -> None:
         from models.image import ImageEncoder
 
-        self.model = LoadedModel.load(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
+        self.encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
 
     @bentoml.api(**BATCHING)
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.model.encoder.embed_pixels(pixels)
+        return self.encoder.embed_pixels(pixels)
 
     @bentoml.api
     async def is_loaded(self) -> bool:
-        return self.model.encoder is not None
+        return self.encoder is not None
 
     def __is_ready__(self) -> bool:
-        return self.model.encoder is not None
+        return self.encoder is not None
 
 
 async def health(_: Request) -> JSONResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +28,22 @@ def shared_runner_connection() -> dict[str, Any]:
     return dict(NEVER_RECYCLE)
 
 
-@dataclass
-class LoadedModel:
-    """A model service's encoder, or None with the reason it could not be loaded."""
+def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
+    """The model service's encoder from the store, or None (logged) when it is not there or does not load."""
+    from models.runtime import Runtime
 
-    encoder: Any
-    problem: str | None
-
-    @classmethod
-    def load(
-        cls, modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings
-    ) -> LoadedModel:
-        from models.runtime import Runtime
-
-        stored = find_stored(model_id)
-        if stored is None:
-            logger.warning(import_hint(modality, model_id))
-            return cls(None, import_hint(modality, model_id))
-        runtime = Runtime.choose(settings.device, settings.threads_per_model())
-        try:
-            encoder = loader(Path(stored.path), runtime)
-        except Exception as exc:
-            logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
-            return cls(None, f"{modality.value} model {model_id} failed to load: {exc}")
-        logger.info("%s model %s (%s) loaded on %s", modality.value, model_id, stored.tag, runtime.device)
-        return cls(encoder, None)
+    stored = find_stored(model_id)
+    if stored is None:
+        logger.warning(import_hint(modality, model_id))
+        return None
+    runtime = Runtime.choose(settings.device, settings.threads_per_model())
+    try:
+        encoder = loader(Path(stored.path), runtime)
+    except Exception:
+        logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
+        return None
+    logger.info("%s model %s (%s) loaded on %s", modality.value, model_id, stored.tag, runtime.device)
+    return encoder
 
 
 def remote_client(proxy: Any) -> ModelClient:
