@@ -20,7 +20,7 @@ from starlette.routing import Route
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
-from embedding_server.model_service import load_encoder, remote_client, shared_runner_connection
+from embedding_server.model_service import RUNNER_CONNECTION, load_encoder, remote_client
 from embedding_server.model_store import Modality, bento_model_reference
 from embedding_server.schemas import (
     EmbedBatchRequest,
@@ -39,7 +39,7 @@ logging.getLogger("embedding_server").setLevel(settings.log_level.upper())
 # is a queueing deadline, not a batching window: the dispatcher's own optimiser decides how long to wait for a batch.
 BATCHING = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
-MODEL_SERVICE = {"resources": {"gpu": 0.5}, "workers": 1, "runner_connection": shared_runner_connection()}
+MODEL_SERVICE = {"resources": {"gpu": 0.5}, "workers": 1, "runner_connection": RUNNER_CONNECTION}
 
 
 @bentoml.service(name="text_model", **MODEL_SERVICE)

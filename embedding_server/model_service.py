@@ -20,12 +20,8 @@ logger = logging.getLogger("embedding_server")
 # seconds and closes the old one at once, failing the requests still in flight on it (about one in five at 32
 # clients; bentoml issues #5540, #5544). A session that is never replaced avoids that; the retry below covers a
 # keep-alive connection that the model service closed just as it was reused.
-NEVER_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e12}
+RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 1e12}
 CONNECTION_RETRIES = 2
-
-
-def shared_runner_connection() -> dict[str, Any]:
-    return dict(NEVER_RECYCLE)
 
 
 def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
