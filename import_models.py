@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
+import numpy as np
 
 from embedding_server.model_store import Modality, find_stored, store_name
 from embedding_server.settings import get_settings
+from models.onnx_backend import ONNX_FILE, export_image_model, export_text_model
+from models.runtime import Runtime
 
 BUNDLED_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Weights in other frameworks' formats are never used; skipping them makes the download several times smaller.
@@ -67,48 +70,70 @@ def resolve_source(source: str, into: Path) -> tuple[Path, str]:
     return fetch_from_hub(source, into), f"hf://{source}"
 
 
-def describe_text_model(folder: Path) -> dict:
-    """Loads the text model through the serving code and reports what the store records about it."""
-    from models.runtime import Runtime
+TEXT_PROBES = ["probe", "a photo of a dog on the beach", "quarterly tax report " * 40]
+ONNX_TOLERANCE = 1e-4
+"""Largest cosine distance allowed between a probe's ONNX vector and its PyTorch vector."""
+
+
+def probe_text_model(folder: Path, runtime: Runtime) -> tuple[np.ndarray, dict]:
+    """Loads the text model through the serving code; its vectors for the probes, and what the store records."""
     from models.text import TextEncoder
 
-    encoder = TextEncoder.load(folder, Runtime.choose("cpu"))
-    vector = encoder.encode(["probe"])
-    return {"dimension": int(vector.shape[1]), "max_seq_length": encoder.tokenizer.max_tokens}
+    encoder = TextEncoder.load(folder, runtime)
+    return encoder.encode(TEXT_PROBES), {"dimension": encoder.dimension, "max_seq_length": encoder.tokenizer.max_tokens}
 
 
-def describe_image_model(folder: Path) -> dict:
-    """Loads the image model through the serving code and reports what the store records about it."""
+def probe_image_model(folder: Path, runtime: Runtime) -> tuple[np.ndarray, dict]:
+    """Loads the image model through the serving code; its vectors for the probes, and what the store records."""
     from PIL import Image
 
     from models.image import ImageEncoder
-    from models.runtime import Runtime
 
-    encoder = ImageEncoder.load(folder, Runtime.choose("cpu"))
-    vector = encoder.encode([Image.new("RGB", (64, 48), "gray")])
+    encoder = ImageEncoder.load(folder, runtime)
+    gradient = Image.linear_gradient("L").resize((300, 200)).convert("RGB")
+    vectors = encoder.encode([Image.new("RGB", (64, 48), "gray"), gradient])
     size = encoder.preprocessor
-    return {"dimension": int(vector.shape[1]), "image_size": [size.crop_height, size.crop_width]}
+    return vectors, {"dimension": encoder.dimension, "image_size": [size.crop_height, size.crop_width]}
 
 
-DESCRIBE = {Modality.TEXT: describe_text_model, Modality.IMAGE: describe_image_model}
+PROBE = {Modality.TEXT: probe_text_model, Modality.IMAGE: probe_image_model}
+EXPORT_ONNX = {Modality.TEXT: export_text_model, Modality.IMAGE: export_image_model}
+
+
+def check_model(modality: Modality, folder: Path) -> dict:
+    """What the store records about the model in `folder`, which gets an ONNX export when that export is faithful."""
+    try:
+        reference, facts = PROBE[modality](folder, Runtime("torch", "cpu"))
+    except Exception as exc:
+        raise ImportFailed(
+            f"{folder} is not a loadable {modality.value} model: {type(exc).__name__}: {first_line(exc)}"
+        ) from exc
+    # A model that cannot be exported faithfully is still served, by torch: the export is an optimisation.
+    try:
+        EXPORT_ONNX[modality](folder)
+        exported, _ = PROBE[modality](folder, Runtime("onnx", "cpu"))
+        distance = float(np.max(1 - np.sum(reference * exported, axis=1)))
+        if distance > ONNX_TOLERANCE:
+            raise ValueError(f"its vectors are {distance:.2e} in cosine distance from PyTorch's")
+    except Exception as exc:
+        print(f"warning: no ONNX export of the {modality.value} model, it will run on torch: {first_line(exc)}")
+        shutil.rmtree(folder / ONNX_FILE.parent, ignore_errors=True)
+        return {**facts, "onnx": False}
+    return {**facts, "onnx": True, "onnx_cosine_distance": distance}
 
 
 def import_model(modality: Modality, model_id: str, source: str, origin_note: str = "") -> Imported:
     with tempfile.TemporaryDirectory(prefix="import-models-") as scratch:
-        folder, origin = resolve_source(source, Path(scratch))
-        try:
-            facts = DESCRIBE[modality](folder)
-        except Exception as exc:
-            raise ImportFailed(
-                f"{folder} is not a loadable {modality.value} model: {type(exc).__name__}: {first_line(exc)}"
-            ) from exc
-        metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note, **facts}
+        downloaded, origin = resolve_source(source, Path(scratch) / "download")
+        # A copy, so that the export is written beside the weights without touching the source folder.
+        folder = Path(scratch) / "model"
+        shutil.copytree(downloaded, folder, ignore=shutil.ignore_patterns(".git", ".cache", "onnx", *NOT_PYTORCH))
+        metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note}
+        metadata.update(check_model(modality, folder))
         with bentoml.models.create(
             store_name(model_id), labels={"modality": modality.value}, metadata=metadata
         ) as stored:
-            shutil.copytree(
-                folder, stored.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", ".cache", *NOT_PYTORCH)
-            )
+            shutil.copytree(folder, stored.path, dirs_exist_ok=True)
         return Imported(str(stored.tag), metadata)
 
 

@@ -13,6 +13,8 @@ from bentoml.exceptions import BentoMLException
 from embedding_server.core import ModelClient, ModelUnavailable
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.settings import Settings
+from models.onnx_backend import ONNX_FILE
+from models.runtime import Runtime
 
 logger = logging.getLogger("embedding_server")
 
@@ -26,19 +28,28 @@ CONNECTION_RETRIES = 2
 
 def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
     """The model service's encoder from the store, or None (logged) when it is not there or does not load."""
-    from models.runtime import Runtime
-
     stored = find_stored(model_id)
     if stored is None:
         logger.warning(import_hint(modality, model_id))
         return None
-    runtime = Runtime.choose(settings.device, settings.threads_per_model())
+    path = Path(stored.path)
     try:
-        encoder = loader(Path(stored.path), runtime)
+        runtime = Runtime.choose(
+            settings.device, settings.backend, settings.threads_per_model(), has_onnx=(path / ONNX_FILE).is_file()
+        )
+        encoder = loader(path, runtime)
     except Exception:
         logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
         return None
-    logger.info("%s model %s (%s) loaded on %s", modality.value, model_id, stored.tag, runtime.device)
+    logger.info(
+        "%s model %s (%s) loaded: %s on %s, %s threads",
+        modality.value,
+        model_id,
+        stored.tag,
+        runtime.backend,
+        runtime.device,
+        runtime.threads,
+    )
     return encoder
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,9 +36,13 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where the models run.")
-    torch_threads: int = Field(
-        0, ge=0, description="Torch threads per model process; 0 splits the cores between the model processes."
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the models run.")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="auto: ONNX Runtime on the CPU when the stored model has an export, torch on a GPU or otherwise.",
+    )
+    model_threads: int = Field(
+        0, ge=0, description="CPU threads of each model process; 0 uses every core the process may run on."
     )
 
     @model_validator(mode="after")
@@ -46,16 +51,11 @@ class Settings(BaseSettings):
             raise ValueError("TEXT_MODEL_NAME and IMAGE_MODEL_NAME are both empty: nothing to serve")
         return self
 
-    @property
-    def enabled_model_count(self) -> int:
-        return int(bool(self.text_model_name)) + int(bool(self.image_model_name))
-
     def threads_per_model(self) -> int:
-        """Torch intra-op threads for one model process: together the model processes fill the cores, no more."""
-        if self.torch_threads:
-            return self.torch_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // self.enabled_model_count)
+        """CPU threads for one model process's thread pool."""
+        if self.model_threads:
+            return self.model_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache

@@ -2,61 +2,68 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoModel
 
+from models.onnx_backend import ONNX_FILE, onnx_forward
 from models.runtime import Runtime
 from models.tokenizer import TextTokenizer
 from models.vectors import l2_normalize
 
+FORWARD_CHUNK = 32
+"""Most texts in one forward pass: past this size throughput stops growing and padding only grows."""
+
 
 class TextEncoder:
-    """A transformer encoder with mean pooling.
+    """A transformer encoder with mean pooling, on torch or ONNX Runtime.
 
     `encode` equals `SentenceTransformer.encode(normalize_embeddings=True)`."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: TextTokenizer, runtime: Runtime) -> None:
-        self._model = model
-        self.tokenizer = tokenizer
+    def __init__(
+        self, forward: Callable[..., np.ndarray], tokenizer: TextTokenizer, dimension: int, runtime: Runtime
+    ) -> None:
+        self._forward = forward
         self.runtime = runtime
-        self.dimension: int = model.config.hidden_size
+        self.tokenizer = tokenizer
+        self.dimension = dimension
 
     @classmethod
     def load(cls, path: str | Path, runtime: Runtime) -> TextEncoder:
-        model = AutoModel.from_pretrained(str(path), dtype=runtime.dtype).to(runtime.device).eval()
-        return cls(model, TextTokenizer.from_dir(path), runtime)
+        path = Path(path)
+        if runtime.backend == "onnx":
+            forward = onnx_forward(path / ONNX_FILE, runtime.threads)
+        else:
+            from models.torch_backend import load_text_module, torch_forward
 
-    @torch.inference_mode()
+            forward = torch_forward(load_text_module(path), runtime)
+        dimension = int(json.loads((path / "config.json").read_text())["hidden_size"])
+        return cls(forward, TextTokenizer.from_dir(path), dimension, runtime)
+
     def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Mean-pooled, un-normalised float32 vectors, shape (len(batch), dimension), in the order given."""
-        if not batch:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        # Sorting by length before padding keeps short texts from paying for the longest one.
+        vectors = np.zeros((len(batch), self.dimension), dtype=np.float32)
+        # Texts of similar length go through together, so that a short text does not pay for padding to a long one.
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(order):
-            input_ids[row, : len(batch[i])] = torch.tensor(batch[i], dtype=torch.long)
-            attention[row, : len(batch[i])] = 1
-        input_ids, attention = input_ids.to(self.runtime.device), attention.to(self.runtime.device)
-        hidden = self._model(input_ids=input_ids, attention_mask=attention).last_hidden_state.float()
-        mask = attention.unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        vectors = np.empty((len(batch), self.dimension), dtype=np.float32)
-        vectors[order] = pooled.cpu().numpy()
+        for start in range(0, len(order), FORWARD_CHUNK):
+            rows = order[start : start + FORWARD_CHUNK]
+            vectors[rows] = self._forward(*pad_token_ids([batch[i] for i in rows], self.tokenizer.pad_token_id))
         return vectors
 
-    def encode(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 32) -> np.ndarray:
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         """Embeds texts (cut to `tokenizer.max_tokens`); float32, shape (len(texts), dimension)."""
-        tokenized = self.tokenizer.tokenize(texts)
-        chunks = [
-            self.embed_token_ids([t.ids for t in tokenized[start : start + batch_size]])
-            for start in range(0, len(tokenized), batch_size)
-        ]
-        vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.embed_token_ids([t.ids for t in self.tokenizer.tokenize(texts)])
         return l2_normalize(vectors) if normalize else vectors
+
+
+def pad_token_ids(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 input ids padded to the longest text with `pad_id`, and the attention mask; both (len(batch), longest)."""
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        attention[row, : len(ids)] = 1
+    return input_ids, attention

@@ -1,4 +1,8 @@
-"""Text to token ids, with the length of each text before the cut; no weights and no torch needed."""
+"""Text to token ids, with the length of each text before the cut.
+
+Uses the `tokenizers` library on the model's tokenizer.json, not transformers: transformers imports torch, and the
+API process, which tokenises, must stay small.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
+from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -22,26 +26,32 @@ class TokenizedText:
 class TextTokenizer:
     """Turns texts into the model's token ids and says how long each text was; needs no weights."""
 
-    def __init__(self, tokenizer, max_tokens: int) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int, pad_token_id: int) -> None:
         self.max_tokens = max_tokens
-        self.pad_token_id: int = tokenizer.pad_token_id or 0
+        self.pad_token_id = pad_token_id
+        # The file's own padding and truncation settings (all-MiniLM-L6-v2 ships both at 128) are not the model's
+        # limit: one tokenizer sees whole texts, to count them, the other cuts at `max_tokens` as transformers does.
+        self._whole = tokenizer
+        self._whole.no_padding()
+        self._whole.no_truncation()
+        self._cutting = Tokenizer.from_str(tokenizer.to_str())
+        self._cutting.enable_truncation(max_tokens)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> TextTokenizer:
-        return cls(AutoTokenizer.from_pretrained(str(path)), max_sequence_length(path))
+        path = Path(path)
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        pad_token = read_json(path / "tokenizer_config.json").get("pad_token")
+        pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
+        return cls(tokenizer, max_sequence_length(path), pad_id or 0)
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
-        full = self._tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        full = [encoding.ids for encoding in self._whole.encode_batch(list(texts))]
         # Only texts over the limit are tokenised again, with the tokenizer's own cut, so that the special tokens
         # and the cut are exactly what the model's reference implementation produces.
         long = [i for i, ids in enumerate(full) if len(ids) > self.max_tokens]
-        cut = (
-            self._tokenizer([texts[i] for i in long], truncation=True, max_length=self.max_tokens)["input_ids"]
-            if long
-            else []
-        )
-        cut_ids = dict(zip(long, cut, strict=True))
+        cut = self._cutting.encode_batch([texts[i] for i in long]) if long else []
+        cut_ids = {i: encoding.ids for i, encoding in zip(long, cut, strict=True)}
         return [
             TokenizedText(ids=cut_ids.get(i, ids), token_count=len(ids), truncated=i in cut_ids)
             for i, ids in enumerate(full)
@@ -50,9 +60,16 @@ class TextTokenizer:
 
 def max_sequence_length(path: str | Path) -> int:
     """The sentence-transformers `max_seq_length` when the folder has one, else what the model can take."""
-    st_config = Path(path) / "sentence_bert_config.json"
-    if st_config.is_file():
-        return int(json.loads(st_config.read_text())["max_seq_length"])
-    config = AutoConfig.from_pretrained(str(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return min(tokenizer.model_max_length, config.max_position_embeddings)
+    path = Path(path)
+    st_config = read_json(path / "sentence_bert_config.json")
+    if "max_seq_length" in st_config:
+        return int(st_config["max_seq_length"])
+    config = read_json(path / "config.json")
+    positions = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    limits = [read_json(path / "tokenizer_config.json").get("model_max_length"), positions]
+    # transformers writes a huge number as model_max_length when the tokenizer has no limit of its own.
+    return min(int(limit) for limit in limits if isinstance(limit, int | float) and limit < 1e9)
+
+
+def read_json(file: Path) -> dict:
+    return json.loads(file.read_text()) if file.is_file() else {}

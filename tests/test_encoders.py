@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import CLIPImageProcessorPil, CLIPModel
 
 from models.image import ImageEncoder
+from models.onnx_backend import export_image_model, export_text_model
 from models.preprocess import ImagePreprocessor
 from models.runtime import Runtime
 from models.text import TextEncoder
@@ -26,14 +28,39 @@ TEXTS = [
 ]
 
 
+TORCH = Runtime("torch", "cpu")
+ONNX = Runtime("onnx", "cpu")
+ONNX_TOLERANCE = 1e-4  # cosine distance from the PyTorch vectors
+
+
 @pytest.fixture(scope="module")
 def text_encoder() -> TextEncoder:
-    return TextEncoder.load(TEXT_SOURCE, Runtime.choose("cpu"))
+    return TextEncoder.load(TEXT_SOURCE, TORCH)
 
 
 @pytest.fixture(scope="module")
 def image_encoder(clip_dir) -> ImageEncoder:
-    return ImageEncoder.load(clip_dir, Runtime.choose("cpu"))
+    return ImageEncoder.load(clip_dir, TORCH)
+
+
+@pytest.fixture(scope="module")
+def onnx_text_encoder(tmp_path_factory) -> TextEncoder:
+    folder = tmp_path_factory.mktemp("minilm") / "model"
+    shutil.copytree(TEXT_SOURCE, folder)
+    export_text_model(folder)
+    return TextEncoder.load(folder, ONNX)
+
+
+@pytest.fixture(scope="module")
+def onnx_image_encoder(tmp_path_factory, clip_dir) -> ImageEncoder:
+    folder = tmp_path_factory.mktemp("clip") / "model"
+    shutil.copytree(clip_dir, folder)
+    export_image_model(folder)
+    return ImageEncoder.load(folder, ONNX)
+
+
+def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return 1 - np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_text_vectors_equal_sentence_transformers(text_encoder):
@@ -118,3 +145,42 @@ def test_full_size_preprocessing_matches_on_a_real_photo_size():
     ours = (preprocessor(image).astype(np.float32) / 255 - preprocessor.mean) / preprocessor.std
     theirs = reference(images=[image], return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_onnx_text_vectors_within_tolerance_of_torch(text_encoder, onnx_text_encoder):
+    texts = TEXTS + ["short", "a much longer sentence that pads the short ones in the same forward pass " * 3]
+    assert onnx_text_encoder.runtime.backend == "onnx"
+    assert cosine_distances(onnx_text_encoder.encode(texts), text_encoder.encode(texts)).max() < ONNX_TOLERANCE
+    reference = SentenceTransformer(str(TEXT_SOURCE), device="cpu").encode(texts, normalize_embeddings=True)
+    assert cosine_distances(onnx_text_encoder.encode(texts), reference).max() < ONNX_TOLERANCE
+
+
+def test_onnx_text_batches_of_many_lengths_keep_input_order(onnx_text_encoder):
+    # More texts than one forward chunk, in lengths that the length sort reorders.
+    texts = [f"text number {i} " + "word " * (i * 7 % 50) for i in range(70)]
+    alone = np.stack([onnx_text_encoder.encode([t])[0] for t in texts])
+    assert cosine_distances(onnx_text_encoder.encode(texts), alone).max() < ONNX_TOLERANCE
+
+
+def test_onnx_image_vectors_within_tolerance_of_torch(image_encoder, onnx_image_encoder, clip_dir):
+    images = sample_images()
+    assert onnx_image_encoder.runtime.backend == "onnx"
+    assert cosine_distances(onnx_image_encoder.encode(images), image_encoder.encode(images)).max() < ONNX_TOLERANCE
+    reference = reference_image_vectors(clip_dir, images)
+    assert cosine_distances(onnx_image_encoder.encode(images), reference).max() < ONNX_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("backend", "has_onnx", "chosen"),
+    [("auto", True, "onnx"), ("auto", False, "torch"), ("torch", True, "torch"), ("onnx", True, "onnx")],
+)
+def test_runtime_on_the_cpu(backend, has_onnx, chosen):
+    assert Runtime.choose("cpu", backend, 2, has_onnx=has_onnx) == Runtime(chosen, "cpu", 2)
+
+
+def test_runtime_refuses_what_cannot_run():
+    with pytest.raises(ValueError, match="no ONNX export"):
+        Runtime.choose("cpu", "onnx", has_onnx=False)
+    with pytest.raises(ValueError, match="CPU only"):
+        Runtime.choose("cuda", "onnx", has_onnx=True)
+    assert Runtime.choose("cuda", "auto", has_onnx=True) == Runtime("torch", "cuda")

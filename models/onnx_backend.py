@@ -1,0 +1,89 @@
+"""ONNX Runtime on the CPU: exporting the encoders' torch modules, and running the exports without torch."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ONNX_FILE = Path("onnx") / "model.onnx"
+"""Where a stored model keeps its export, relative to the model's folder."""
+
+TEXT_INPUTS = ("input_ids", "attention_mask")
+IMAGE_INPUTS = ("pixels",)
+
+
+def export_text_model(folder: Path) -> Path:
+    """Writes `folder/ONNX_FILE` for the text model in `folder`, with its attention fused for ONNX Runtime."""
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from models.torch_backend import load_text_module
+
+    # The eager attention exports as plain ops that ONNX Runtime's optimiser recognises and fuses into one kernel.
+    module = load_text_module(folder, attention="eager")
+    example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+    target = folder / ONNX_FILE
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    _export(module, example, TEXT_INPUTS, axes, target)
+    config = module.encoder.config
+    fused = optimize_model(
+        str(target), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
+    fused.save_model_to_file(str(target))
+    return target
+
+
+def export_image_model(folder: Path) -> Path:
+    """Writes `folder/ONNX_FILE` for the CLIP vision tower in `folder`: uint8 pixels (N, H, W, 3) in, features out."""
+    import torch
+
+    from models.preprocess import ImagePreprocessor
+    from models.torch_backend import load_image_module
+
+    preprocessor = ImagePreprocessor.from_dir(folder)
+    module = load_image_module(folder, preprocessor.mean, preprocessor.std)
+    size = module.vision.config.image_size
+    example = (torch.zeros((2, size, size, 3), dtype=torch.uint8),)
+    target = folder / ONNX_FILE
+    _export(module, example, IMAGE_INPUTS, {"pixels": {0: "batch"}}, target)
+    return target
+
+
+def _export(module, example: tuple, inputs: tuple[str, ...], axes: dict, target: Path) -> None:
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes that the dynamic axes cover
+        torch.onnx.export(
+            module,
+            example,
+            str(target),
+            input_names=list(inputs),
+            output_names=["embeddings"],
+            dynamic_axes={**axes, "embeddings": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def onnx_forward(file: Path, threads: int = 0) -> Callable[..., np.ndarray]:
+    """An ONNX Runtime CPU session for `file` as a function of numpy arrays returning float32 vectors."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: the cores are shared with the API process and the other model.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def forward(*arrays: np.ndarray) -> np.ndarray:
+        return session.run(None, dict(zip(names, arrays, strict=True)))[0]
+
+    return forward
