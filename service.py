@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from embedding_server.batching import BatchQueue, in_own_thread
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
@@ -35,11 +36,14 @@ from embedding_server.settings import get_settings
 settings = get_settings()
 logging.getLogger("embedding_server").setLevel(settings.log_level.upper())
 
-# Adaptive batching. BentoML sheds a queued request with 503 once it has waited `max_latency_ms`, so that setting
-# is a queueing deadline, not a batching window: the dispatcher's own optimiser decides how long to wait for a batch.
-BATCHING = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
-MODEL_SERVICE = {"resources": {"gpu": 0.5}, "workers": 1, "runner_connection": RUNNER_CONNECTION}
+MODEL_SERVICE = {
+    "resources": {"gpu": 0.5},
+    "workers": 1,
+    "runner_connection": RUNNER_CONNECTION,
+    # One line per inner call costs the model process CPU that the forward pass needs; the API logs every request.
+    "logging": {"access": {"enabled": False}},
+}
 
 
 @bentoml.service(name="text_model", **MODEL_SERVICE)
@@ -52,10 +56,12 @@ class TextModel:
         from models.text import TextEncoder  # torch is imported only by the model processes
 
         self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
+        if self.encoder is not None:
+            self.batches = BatchQueue(in_own_thread(self.encoder.embed_token_ids), settings.text_max_batch_size)
 
-    @bentoml.api(**BATCHING)
-    def embed(self, token_ids: list[list[int]]) -> np.ndarray:
-        return self.encoder.embed_token_ids(token_ids)
+    @bentoml.api
+    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        return await self.batches.submit(token_ids)
 
     @bentoml.api
     async def is_loaded(self) -> bool:
@@ -75,10 +81,12 @@ class ImageModel:
         from models.image import ImageEncoder
 
         self.encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
+        if self.encoder is not None:
+            self.batches = BatchQueue(in_own_thread(self.encoder.embed_pixels), settings.image_max_batch_size)
 
-    @bentoml.api(**BATCHING)
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.encoder.embed_pixels(pixels)
+    @bentoml.api
+    async def embed(self, pixels: np.ndarray) -> np.ndarray:
+        return await self.batches.submit(pixels)
 
     @bentoml.api
     async def is_loaded(self) -> bool:
@@ -109,13 +117,17 @@ class EmbeddingAPI:
     def __init__(self) -> None:
         self.embedder = Embedder(
             settings,
-            Model.configure(Modality.TEXT, settings.text_model_name, self._client("text_model")),
-            Model.configure(Modality.IMAGE, settings.image_model_name, self._client("image_model")),
+            Model.configure(
+                Modality.TEXT, settings.text_model_name, self._client("text_model", settings.text_max_batch_size)
+            ),
+            Model.configure(
+                Modality.IMAGE, settings.image_model_name, self._client("image_model", settings.image_max_batch_size)
+            ),
         )
 
-    def _client(self, dependency: str) -> ModelClient | None:
+    def _client(self, dependency: str, max_batch_size: int) -> ModelClient | None:
         service = getattr(self, dependency, None)
-        return remote_client(service) if service is not None else None
+        return remote_client(service, max_batch_size) if service is not None else None
 
     @bentoml.api(route="/embed/text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
     async def embed_text(self, **request) -> EmbedTextResponse | JSONResponse:

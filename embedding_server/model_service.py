@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from bentoml.exceptions import BentoMLException
 
+from embedding_server.batching import BatchQueue
 from embedding_server.core import ModelClient, ModelUnavailable
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.settings import Settings
@@ -24,6 +25,9 @@ logger = logging.getLogger("embedding_server")
 # keep-alive connection that the model service closed just as it was reused.
 RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 1e12}
 CONNECTION_RETRIES = 2
+# Two calls in flight to a model service: one computing, the next already queued there, so the model never idles
+# between batches while the API gathers the one after.
+CALLS_IN_FLIGHT = 2
 
 
 def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
@@ -53,11 +57,12 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
     return encoder
 
 
-def remote_client(proxy: Any) -> ModelClient:
-    """The API's client for a model service reached through `bentoml.depends`."""
+def remote_client(proxy: Any, max_batch_size: int) -> ModelClient:
+    """The API's client for a model service reached through `bentoml.depends`; concurrent requests are sent together,
+    up to `max_batch_size` items a call."""
     client = proxy.to_async
 
-    async def embed(inputs: object):
+    async def call_embed(inputs: object):
         for attempt in range(CONNECTION_RETRIES + 1):
             try:
                 return await client.call("embed", inputs)
@@ -72,4 +77,4 @@ def remote_client(proxy: Any) -> ModelClient:
     async def is_loaded() -> bool:
         return bool(await client.call("is_loaded"))
 
-    return ModelClient(embed=embed, is_loaded=is_loaded)
+    return ModelClient(embed=BatchQueue(call_embed, max_batch_size, CALLS_IN_FLIGHT).submit, is_loaded=is_loaded)

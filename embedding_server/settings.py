@@ -25,12 +25,10 @@ class Settings(BaseSettings):
         "openai/clip-vit-base-patch32",
         description="Hugging Face id of the CLIP model; empty runs a text-only server.",
     )
-    max_batch_size: int = Field(16, ge=1, description="Adaptive batching: most items in one forward pass.")
-    max_latency_ms: int = Field(
-        10_000,
-        ge=10,
-        description="Adaptive batching: longest a queued request may wait before BentoML sheds it with 503.",
+    text_max_batch_size: int = Field(
+        128, ge=1, description="Most texts in one batch of the text model (it runs them 32 at a time, by length)."
     )
+    image_max_batch_size: int = Field(32, ge=1, description="Most images in one batch of the image model.")
     log_level: str = Field("INFO", description="Python log level of the server's own logger.")
     max_items_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(100_000, ge=1)

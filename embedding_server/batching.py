@@ -1,0 +1,106 @@
+"""Continuous batching: whatever queued while the previous batch ran goes out as the next batch, at once.
+
+Used twice. The API coalesces concurrent requests for a model into one call to its model service, so that under load
+the model service handles a few large calls instead of one HTTP call per request; a model service runs what reaches
+it as one forward pass. BentoML's adaptive batching was measured here and replaced (README, Performance): its
+dispatcher learns how long to hold requests from the waits it saw under load, so after a burst a lone request was
+held for hundreds of milliseconds, and its one deadline both batches and sheds requests. Here a request never waits
+for company: when nothing runs it goes at once, and under load batches fill by themselves while the previous runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+import numpy as np
+
+Inputs = TypeVar("Inputs", list, np.ndarray)
+
+
+class _Request(Generic[Inputs]):
+    def __init__(self, inputs: Inputs) -> None:
+        self.inputs = inputs
+        self.future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+
+
+class BatchQueue(Generic[Inputs]):
+    """Runs `forward` on batches made of whole queued requests, at most `max_batch_size` items each (a larger request
+    goes alone), with at most `concurrency` batches running at a time."""
+
+    def __init__(
+        self, forward: Callable[[Inputs], Awaitable[np.ndarray]], max_batch_size: int, concurrency: int = 1
+    ) -> None:
+        self._forward = forward
+        self._max_batch_size = max_batch_size
+        self._concurrency = concurrency
+        self._queue: deque[_Request[Inputs]] = deque()
+        self._running: set[asyncio.Task] = set()
+
+    async def submit(self, inputs: Inputs) -> np.ndarray:
+        """The rows of `forward`'s output for `inputs`, computed in one batch with whatever else is queued."""
+        request = _Request(inputs)
+        self._queue.append(request)
+        self._dispatch()
+        return await request.future
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self._concurrency and (batch := self._take_batch()):
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._dispatch()
+
+    async def _run(self, batch: list[_Request[Inputs]]) -> None:
+        try:
+            rows = await self._forward(combine([request.inputs for request in batch]))
+        except Exception as exc:  # this batch's requests fail; the queue goes on
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        start = 0
+        for request in batch:
+            end = start + len(request.inputs)
+            if not request.future.done():
+                request.future.set_result(rows[start:end])
+            start = end
+
+    def _take_batch(self) -> list[_Request[Inputs]]:
+        """The longest run of queued requests that fits `max_batch_size` items. A request whose caller has gone (its
+        future cancelled) is dropped, not computed."""
+        batch: list[_Request[Inputs]] = []
+        size = 0
+        while self._queue:
+            request = self._queue[0]
+            if request.future.done():
+                self._queue.popleft()
+                continue
+            if batch and size + len(request.inputs) > self._max_batch_size:
+                break
+            batch.append(self._queue.popleft())
+            size += len(request.inputs)
+        return batch
+
+
+def in_own_thread(forward: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs], Awaitable[np.ndarray]]:
+    """A blocking forward pass as a coroutine that runs it in one dedicated thread, so the event loop stays free."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+
+    async def run(inputs: Inputs) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(executor, forward, inputs)
+
+    return run
+
+
+def combine(parts: Sequence[Inputs]) -> Inputs:
+    """One input from the requests' inputs: lists are joined, arrays concatenated along the first axis."""
+    if isinstance(parts[0], np.ndarray):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return [item for part in parts for item in part]
