@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 export HF_HUB_ETAG_TIMEOUT ?= 10
 export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
-.PHONY: install serve test lint build clean
+.PHONY: install serve test bench lint build clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# Raw encoders against the real server under load, in one run: bench/results/<cpu|gpu>.{md,json,png}.
+bench: install
+	$(PY) -m bench.run
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,137 @@
+"""The continuous batcher on its own, with a forward pass whose progress the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from embedding_server.batching import BatchQueue, in_own_thread
+
+
+class GatedForward:
+    """Records each batch and holds it until the test opens the gate; row i of a batch is [item value]."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list[int]) -> np.ndarray:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        if self.fail_on in items:
+            raise RuntimeError(f"forward failed on {self.fail_on}")
+        return np.array(items, dtype=np.float32)[:, None]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_a_lone_request_goes_at_once_and_later_ones_share_the_next_batch():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=10)
+        first = asyncio.ensure_future(queue.submit([1]))
+        await settle()
+        assert forward.batches == [[1]]  # sent without waiting for company
+        rest = [asyncio.ensure_future(queue.submit([10 * i, 10 * i + 1])) for i in range(1, 4)]
+        await settle()
+        assert forward.batches == [[1]]  # queued while the first batch runs
+        forward.gate.set()
+        results = await asyncio.gather(first, *rest)
+        assert forward.batches == [[1], [10, 11, 20, 21, 30, 31]]
+        assert [r[:, 0].tolist() for r in results] == [[1], [10, 11], [20, 21], [30, 31]]
+
+    run(scenario())
+
+
+def test_batches_hold_whole_requests_up_to_the_size_limit():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=4)
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await settle()
+        sizes = [3, 2, 2, 6, 1]
+        requests = [asyncio.ensure_future(queue.submit(list(range(100 * n, 100 * n + n)))) for n in sizes]
+        await settle()
+        forward.gate.set()
+        await asyncio.gather(blocker, *requests)
+        assert [len(batch) for batch in forward.batches] == [1, 3, 4, 6, 1]  # 6 > 4 goes alone, never split
+
+    run(scenario())
+
+
+def test_a_failing_batch_fails_only_its_own_requests():
+    async def scenario():
+        forward = GatedForward(fail_on=66)
+        queue = BatchQueue(forward, max_batch_size=2)
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await settle()
+        doomed = [asyncio.ensure_future(queue.submit([n])) for n in (65, 66)]
+        fine = asyncio.ensure_future(queue.submit([67]))
+        await settle()
+        forward.gate.set()
+        await blocker
+        for request in doomed:
+            with pytest.raises(RuntimeError, match="failed on 66"):
+                await request
+        assert (await fine)[:, 0].tolist() == [67]
+        assert (await queue.submit([68]))[:, 0].tolist() == [68]  # the queue goes on
+
+    run(scenario())
+
+
+def test_a_request_whose_caller_left_is_not_computed():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=10)
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await settle()
+        gone = asyncio.ensure_future(queue.submit([1]))
+        kept = asyncio.ensure_future(queue.submit([2]))
+        await settle()
+        gone.cancel()
+        forward.gate.set()
+        await asyncio.gather(blocker, kept)
+        assert forward.batches == [[0], [2]]
+
+    run(scenario())
+
+
+def test_concurrency_keeps_that_many_batches_in_flight():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=1, concurrency=2)
+        requests = [asyncio.ensure_future(queue.submit([n])) for n in range(4)]
+        await settle()
+        assert forward.batches == [[0], [1]]
+        forward.gate.set()
+        await asyncio.gather(*requests)
+        assert forward.batches == [[0], [1], [2], [3]]
+
+    run(scenario())
+
+
+def test_arrays_are_concatenated_and_a_blocking_forward_runs_off_the_event_loop():
+    seen_shapes = []
+
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        seen_shapes.append(pixels.shape)
+        return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+    async def scenario():
+        queue = BatchQueue(in_own_thread(forward), max_batch_size=8)
+        images = [np.full((n, 2, 2, 3), n, dtype=np.uint8) for n in (1, 2, 3)]
+        results = await asyncio.gather(*(queue.submit(batch) for batch in images))
+        assert [r[:, 0].tolist() for r in results] == [[12.0], [24.0, 24.0], [36.0, 36.0, 36.0]]
+
+    run(scenario())
+    assert sum(shape[0] for shape in seen_shapes) == 6
