@@ -39,7 +39,8 @@ def image_pipeline(encoder: ImageEncoder) -> Pipeline:
     settings = get_settings()
 
     def embed(data_urls: Sequence[str]) -> np.ndarray:
-        images = [decode_image(url, settings.max_image_bytes, settings.max_image_pixels) for url in data_urls]
+        limits = (settings.max_image_bytes, settings.max_image_pixels)
+        images = [decode_image(url, *limits, min_side=encoder.preprocessor.size) for url in data_urls]
         return l2_normalize(encoder.embed_pixels(np.stack([encoder.preprocessor(image) for image in images])))
 
     return embed

@@ -208,7 +208,9 @@ class Embedder:
         return tokenized
 
     def _prepare_image(self, content: str, index: int) -> np.ndarray:
-        image = decode_image(content, self.settings.max_image_bytes, self.settings.max_image_pixels, index)
+        image = decode_image(
+            content, self.settings.max_image_bytes, self.settings.max_image_pixels, index, self.preprocessor.size
+        )
         return self.preprocessor(image)
 
     def _prepare_batch_text(self, content: str, index: int, truncate: bool) -> list[int]:

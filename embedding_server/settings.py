@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     text_max_batch_size: int = Field(
         128, ge=1, description="Most texts in one batch of the text model (it runs them 32 at a time, by length)."
     )
-    image_max_batch_size: int = Field(32, ge=1, description="Most images in one batch of the image model.")
+    image_max_batch_size: int = Field(16, ge=1, description="Most images in one batch of the image model.")
     log_level: str = Field("INFO", description="Python log level of the server's own logger.")
     max_items_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(100_000, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TEXT_SOURCE
-from PIL import Image
+from PIL import Image, ImageDraw
 from sentence_transformers import SentenceTransformer
 from transformers import CLIPImageProcessorPil, CLIPModel
 
+from embedding_server.images import decode_image
 from models.image import ImageEncoder
 from models.onnx_backend import export_image_model, export_text_model
 from models.preprocess import ImagePreprocessor
@@ -184,3 +186,33 @@ def test_runtime_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="CPU only"):
         Runtime.choose("cuda", "onnx", has_onnx=True)
     assert Runtime.choose("cuda", "auto", has_onnx=True) == Runtime("torch", "cuda")
+
+
+def photo_like_jpeg(size: tuple[int, int]) -> str:
+    """A data URL of a JPEG with smooth gradients and hard edges, as photos have."""
+    width, height = size
+    image = Image.merge(
+        "RGB",
+        [
+            Image.linear_gradient("L").resize(size),
+            Image.linear_gradient("L").rotate(90).resize(size),
+            Image.radial_gradient("L").resize(size),
+        ],
+    )
+    ImageDraw.Draw(image).ellipse((width // 5, height // 4, width // 2, height * 3 // 4), fill=(220, 40, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("size", [(512, 384), (1600, 1200), (300, 2000)])
+def test_reduced_scale_jpeg_decode_stays_within_tolerance(image_encoder, size):
+    preprocessor = image_encoder.preprocessor
+    content = photo_like_jpeg(size)
+    full = preprocessor(decode_image(content, 10**8, 10**8))
+    reduced_image = decode_image(content, 10**8, 10**8, min_side=preprocessor.size)
+    assert min(reduced_image.size) >= preprocessor.size and reduced_image.size[0] < size[0]  # really decoded smaller
+    reduced = preprocessor(reduced_image)
+    assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 2  # grey levels
+    vectors = [image_encoder.embed_pixels(pixels[None]) for pixels in (full, reduced)]
+    assert cosine_distances(*vectors).max() < 1e-4
