@@ -19,11 +19,10 @@ import pytest
 import requests
 from PIL import Image
 
+from bench.random_clip import TINY, save_random_clip
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tiny_clip import save_tiny_clip  # noqa: E402
 
 # Nothing in the tests may reach the Hugging Face hub or BentoML's usage tracking.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,7 +51,7 @@ def run_import(bentoml_home: Path, *args: str, env: dict[str, str] | None = None
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), TINY)
 
 
 @pytest.fixture(scope="session")
