@@ -27,6 +27,8 @@ from models.runtime import Runtime
 BUNDLED_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Weights in other frameworks' formats are never used; skipping them makes the download several times smaller.
 NOT_PYTORCH = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*", "*.tflite", "coreml/*", "*.pb", "*.md"]
+# The same when copying a folder, where a pattern matches a name, not a path.
+COPY_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "coreml", *NOT_PYTORCH)
 
 
 class ImportFailed(Exception):
@@ -79,6 +81,11 @@ def probe_text_model(folder: Path, runtime: Runtime) -> tuple[np.ndarray, dict]:
     """Loads the text model through the serving code; its vectors for the probes, and what the store records."""
     from models.text import TextEncoder
 
+    if not (folder / "tokenizer.json").is_file():
+        # The serving code reads tokenizer.json only; transformers converts a model's slow tokenizer files into it.
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
     encoder = TextEncoder.load(folder, runtime)
     return encoder.encode(TEXT_PROBES), {"dimension": encoder.dimension, "max_seq_length": encoder.tokenizer.max_tokens}
 
@@ -113,7 +120,7 @@ def check_model(modality: Modality, folder: Path) -> dict:
         EXPORT_ONNX[modality](folder)
         exported, _ = PROBE[modality](folder, Runtime("onnx", "cpu"))
         distance = float(np.max(1 - np.sum(reference * exported, axis=1)))
-        if distance > ONNX_TOLERANCE:
+        if not distance <= ONNX_TOLERANCE:  # NaN too
             raise ValueError(f"its vectors are {distance:.2e} in cosine distance from PyTorch's")
     except Exception as exc:
         print(f"warning: no ONNX export of the {modality.value} model, it will run on torch: {first_line(exc)}")
@@ -127,7 +134,7 @@ def import_model(modality: Modality, model_id: str, source: str, origin_note: st
         downloaded, origin = resolve_source(source, Path(scratch) / "download")
         # A copy, so that the export is written beside the weights without touching the source folder.
         folder = Path(scratch) / "model"
-        shutil.copytree(downloaded, folder, ignore=shutil.ignore_patterns(".git", ".cache", "onnx", *NOT_PYTORCH))
+        shutil.copytree(downloaded, folder, ignore=COPY_IGNORE)
         metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note}
         metadata.update(check_model(modality, folder))
         with bentoml.models.create(

@@ -53,7 +53,7 @@ class TextModel:
     bento_model = bento_model_reference(settings.text_model_name)
 
     def __init__(self) -> None:
-        from models.text import TextEncoder  # torch is imported only by the model processes
+        from models.text import TextEncoder  # the model code is loaded by the model processes only
 
         self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
         if self.encoder is not None:

@@ -59,18 +59,24 @@ class BatchQueue(Generic[Inputs]):
 
     async def _run(self, batch: list[_Request[Inputs]]) -> None:
         try:
-            rows = await self._forward(combine([request.inputs for request in batch]))
+            inputs = combine([request.inputs for request in batch])
+            rows = await self._forward(inputs)
+            if len(rows) != len(inputs):
+                raise RuntimeError(f"the forward pass returned {len(rows)} rows for {len(inputs)} inputs")
+            start = 0
+            for request in batch:
+                end = start + len(request.inputs)
+                if not request.future.done():
+                    request.future.set_result(rows[start:end])
+                start = end
         except Exception as exc:  # this batch's requests fail; the queue goes on
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(exc)
-            return
-        start = 0
-        for request in batch:
-            end = start + len(request.inputs)
-            if not request.future.done():
-                request.future.set_result(rows[start:end])
-            start = end
+        finally:  # cancelled (the server stopping): no caller is left waiting
+            for request in batch:
+                if not request.future.done():
+                    request.future.cancel()
 
     def _take_batch(self) -> list[_Request[Inputs]]:
         """The longest run of queued requests that fits `max_batch_size` items. A request whose caller has gone (its

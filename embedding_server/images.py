@@ -9,6 +9,7 @@ import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from embedding_server.errors import ApiError, ErrorCode
 
@@ -43,7 +44,7 @@ def decode_image(
     width, height = image.size
     if width * height > max_pixels:
         raise ApiError(ErrorCode.TOO_MANY_PIXELS, f"image is {width}x{height}, more than {max_pixels} pixels", index)
-    if min_side and image.format == "JPEG":
+    if min_side and isinstance(image, JpegImageFile):  # MPO, what many cameras write, is a JPEG too
         image.draft("RGB", (min_side, min_side))
     try:
         image.load()  # the first frame only, for animated GIF/WebP/TIFF

@@ -24,7 +24,8 @@ def export_text_model(folder: Path) -> Path:
 
     # The eager attention exports as plain ops that ONNX Runtime's optimiser recognises and fuses into one kernel.
     module = load_text_module(folder, attention="eager")
-    example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+    # A padded row in the example, so that nothing specialises the graph to a mask of all ones.
+    example = (torch.ones((2, 8), dtype=torch.long), torch.tensor([[1] * 8, [1] * 5 + [0] * 3]))
     target = folder / ONNX_FILE
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
     _export(module, example, TEXT_INPUTS, axes, target)

@@ -38,5 +38,13 @@ class Runtime:
 
 
 def gpu_visible() -> bool:
-    """An NVIDIA GPU that this process may use (BentoML hides GPUs from a service through CUDA_VISIBLE_DEVICES)."""
-    return Path("/dev/nvidiactl").exists() and os.environ.get("CUDA_VISIBLE_DEVICES", "0") not in ("", "-1")
+    """An NVIDIA GPU that this process may use and torch can drive.
+
+    torch is asked only where an NVIDIA device exists and is not hidden (BentoML hides GPUs from a service through
+    CUDA_VISIBLE_DEVICES), so that a CPU machine never imports it; a CPU build of torch then says no.
+    """
+    if not Path("/dev/nvidiactl").exists() or os.environ.get("CUDA_VISIBLE_DEVICES", "0") in ("", "-1"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,8 +38,10 @@ class TextEncoder:
             from models.torch_backend import load_text_module, torch_forward
 
             forward = torch_forward(load_text_module(path), runtime)
-        dimension = int(json.loads((path / "config.json").read_text())["hidden_size"])
-        return cls(forward, TextTokenizer.from_dir(path), dimension, runtime)
+        tokenizer = TextTokenizer.from_dir(path)
+        # The output's width, whatever the architecture's config calls it (hidden_size, dim, d_model...).
+        dimension = forward(*pad_token_ids([[tokenizer.pad_token_id]], tokenizer.pad_token_id)).shape[1]
+        return cls(forward, tokenizer, dimension, runtime)
 
     def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Mean-pooled, un-normalised float32 vectors, shape (len(batch), dimension), in the order given."""

@@ -41,9 +41,7 @@ class TextTokenizer:
     def from_dir(cls, path: str | Path) -> TextTokenizer:
         path = Path(path)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        pad_token = read_json(path / "tokenizer_config.json").get("pad_token")
-        pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
-        return cls(tokenizer, max_sequence_length(path), pad_id or 0)
+        return cls(tokenizer, max_sequence_length(path), pad_token_id(tokenizer, path))
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
         full = [encoding.ids for encoding in self._whole.encode_batch(list(texts))]
@@ -56,6 +54,20 @@ class TextTokenizer:
             TokenizedText(ids=cut_ids.get(i, ids), token_count=len(ids), truncated=i in cut_ids)
             for i, ids in enumerate(full)
         ]
+
+
+def pad_token_id(tokenizer: Tokenizer, path: Path) -> int:
+    """The pad id, from wherever the model's files say it: tokenizer.json's padding, the tokenizer config's pad
+    token (a string or an added-token object), or the model config; 0 when none does."""
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    pad_token = read_json(path / "tokenizer_config.json").get("pad_token")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token.get("content")
+    pad_id = tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
+    if pad_id is None:
+        pad_id = read_json(path / "config.json").get("pad_token_id")
+    return int(pad_id or 0)
 
 
 def max_sequence_length(path: str | Path) -> int:

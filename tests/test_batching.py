@@ -135,3 +135,28 @@ def test_arrays_are_concatenated_and_a_blocking_forward_runs_off_the_event_loop(
 
     run(scenario())
     assert sum(shape[0] for shape in seen_shapes) == 6
+
+
+def test_a_forward_pass_with_the_wrong_number_of_rows_fails_its_batch():
+    async def short_forward(items: list[int]) -> np.ndarray:
+        return np.zeros((len(items) - 1, 1), dtype=np.float32)
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="returned 1 rows for 2 inputs"):
+            await BatchQueue(short_forward, max_batch_size=4).submit([1, 2])
+
+    run(scenario())
+
+
+def test_callers_are_not_left_waiting_when_the_batch_is_cancelled():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=4)
+        request = asyncio.ensure_future(queue.submit([1]))
+        await settle()
+        for task in list(queue._running):  # what the event loop does to pending tasks when the server stops
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    run(scenario())
