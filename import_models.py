@@ -131,16 +131,19 @@ def check_model(modality: Modality, folder: Path) -> dict:
 
 def import_model(modality: Modality, model_id: str, source: str, origin_note: str = "") -> Imported:
     with tempfile.TemporaryDirectory(prefix="import-models-") as scratch:
-        downloaded, origin = resolve_source(source, Path(scratch) / "download")
-        # A copy, so that the export is written beside the weights without touching the source folder.
+        # The export is written beside the weights: a hub download lands in `folder` itself, a local source folder is
+        # copied there first, so that it is never touched.
         folder = Path(scratch) / "model"
-        shutil.copytree(downloaded, folder, ignore=COPY_IGNORE)
+        found, origin = resolve_source(source, folder)
+        if found.resolve() != folder.resolve():
+            shutil.copytree(found, folder, ignore=COPY_IGNORE)
         metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note}
         metadata.update(check_model(modality, folder))
         with bentoml.models.create(
             store_name(model_id), labels={"modality": modality.value}, metadata=metadata
         ) as stored:
-            shutil.copytree(folder, stored.path, dirs_exist_ok=True)
+            # Not the download's bookkeeping (.cache), which snapshot_download leaves in the folder.
+            shutil.copytree(folder, stored.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", ".cache"))
         return Imported(str(stored.tag), metadata)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import TEXT_SOURCE
+from conftest import TEXT_SOURCE, data_url
 from PIL import Image, ImageDraw
 from sentence_transformers import SentenceTransformer
 from transformers import CLIPImageProcessorPil, CLIPModel
@@ -202,7 +201,7 @@ def photo_like_jpeg(size: tuple[int, int]) -> str:
     ImageDraw.Draw(image).ellipse((width // 5, height // 4, width // 2, height * 3 // 4), fill=(220, 40, 30))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return data_url(buffer.getvalue(), "image/jpeg")
 
 
 @pytest.mark.parametrize("size", [(512, 384), (1600, 1200), (300, 2000)])
