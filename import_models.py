@@ -21,7 +21,7 @@ import numpy as np
 
 from embedding_server.model_store import Modality, find_stored, store_name
 from embedding_server.settings import get_settings
-from models.onnx_backend import ONNX_FILE, export_image_model, export_text_model
+from models.onnx_backend import ONNX_FILE, export_clip_text_model, export_image_model, export_text_model
 from models.runtime import Runtime
 
 BUNDLED_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -81,30 +81,48 @@ def probe_text_model(folder: Path, runtime: Runtime) -> tuple[np.ndarray, dict]:
     """Loads the text model through the serving code; its vectors for the probes, and what the store records."""
     from models.text import TextEncoder
 
-    if not (folder / "tokenizer.json").is_file():
-        # The serving code reads tokenizer.json only; transformers converts a model's slow tokenizer files into it.
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    write_tokenizer_json(folder)
     encoder = TextEncoder.load(folder, runtime)
     return encoder.encode(TEXT_PROBES), {"dimension": encoder.dimension, "max_seq_length": encoder.tokenizer.max_tokens}
 
 
 def probe_image_model(folder: Path, runtime: Runtime) -> tuple[np.ndarray, dict]:
-    """Loads the image model through the serving code; its vectors for the probes, and what the store records."""
+    """Loads both CLIP towers through the serving code; their vectors for the probes, and what the store records."""
     from PIL import Image
 
+    from models.clip_text import ClipTextEncoder, read_logit_scale
     from models.image import ImageEncoder
 
+    write_tokenizer_json(folder)
     encoder = ImageEncoder.load(folder, runtime)
     gradient = Image.linear_gradient("L").resize((300, 200)).convert("RGB")
-    vectors = encoder.encode([Image.new("RGB", (64, 48), "gray"), gradient])
+    image_vectors = encoder.encode([Image.new("RGB", (64, 48), "gray"), gradient])
+    text_encoder = ClipTextEncoder.load(folder, runtime)
     size = encoder.preprocessor
-    return vectors, {"dimension": encoder.dimension, "image_size": [size.crop_height, size.crop_width]}
+    facts = {
+        "dimension": encoder.dimension,
+        "image_size": [size.crop_height, size.crop_width],
+        "text_max_tokens": text_encoder.tokenizer.max_tokens,
+        "logit_scale": read_logit_scale(folder),
+    }
+    return np.vstack([image_vectors, text_encoder.encode(TEXT_PROBES)]), facts
+
+
+def write_tokenizer_json(folder: Path) -> None:
+    """The serving code reads tokenizer.json only; transformers converts a model's slow tokenizer files into it."""
+    if not (folder / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+
+
+def export_clip_model(folder: Path) -> None:
+    export_image_model(folder)
+    export_clip_text_model(folder)
 
 
 PROBE = {Modality.TEXT: probe_text_model, Modality.IMAGE: probe_image_model}
-EXPORT_ONNX = {Modality.TEXT: export_text_model, Modality.IMAGE: export_image_model}
+EXPORT_ONNX = {Modality.TEXT: export_text_model, Modality.IMAGE: export_clip_model}
 
 
 def check_model(modality: Modality, folder: Path) -> dict:

@@ -10,6 +10,8 @@ import numpy as np
 
 ONNX_FILE = Path("onnx") / "model.onnx"
 """Where a stored model keeps its export, relative to the model's folder."""
+CLIP_TEXT_ONNX_FILE = Path("onnx") / "text_model.onnx"
+"""Where a stored CLIP model keeps the export of its text tower, beside the image tower's ONNX_FILE."""
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 IMAGE_INPUTS = ("pixels",)
@@ -34,6 +36,26 @@ def export_text_model(folder: Path) -> Path:
         str(target), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
     )
     fused.save_model_to_file(str(target))
+    return target
+
+
+def export_clip_text_model(folder: Path) -> Path:
+    """Writes `folder/CLIP_TEXT_ONNX_FILE` for the text tower of the CLIP model in `folder`."""
+    import torch
+
+    from models.torch_backend import load_clip_text_module
+
+    module = load_clip_text_module(folder, attention="eager")
+    eos = module.text.config.eos_token_id
+    # Two rows of different lengths, each ending in its end-of-text token as the tokenizer makes them, the shorter
+    # one padded: the pooling picks each row's end-of-text position, whatever the padding.
+    example = (
+        torch.tensor([[eos - 1, 5, 6, 7, 8, 9, 10, eos], [eos - 1, 5, 6, 7, eos, eos, eos, eos]]),
+        torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
+    )
+    target = folder / CLIP_TEXT_ONNX_FILE
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    _export(module, example, TEXT_INPUTS, axes, target)
     return target
 
 

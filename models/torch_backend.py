@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, CLIPConfig, CLIPVisionModelWithProjection
+from transformers import AutoModel, CLIPConfig, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from models.runtime import Runtime
@@ -41,23 +41,41 @@ class PixelsToImageEmbeds(torch.nn.Module):
         return self.vision(pixel_values=normalised).image_embeds.float()
 
 
+class ProjectedClipText(torch.nn.Module):
+    """Token ids and attention mask → CLIP's projected text features (pooled at the end-of-text token)."""
+
+    def __init__(self, text: torch.nn.Module) -> None:
+        super().__init__()
+        self.text = text
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids=input_ids, attention_mask=attention_mask).text_embeds.float()
+
+
 def load_text_module(path: Path, attention: str | None = None) -> MeanPooledText:
     return MeanPooledText(AutoModel.from_pretrained(str(path), attn_implementation=attention)).eval()
 
 
 def load_image_module(path: Path, mean: Sequence[float], std: Sequence[float]) -> PixelsToImageEmbeds:
-    # Only the vision tower and its projection: the text tower is not needed to embed images. The projection
-    # size lives in the top-level CLIP config, which the vision config alone does not carry.
+    return PixelsToImageEmbeds(load_clip_tower(CLIPVisionModelWithProjection, path), mean, std).eval()
+
+
+def load_clip_text_module(path: Path, attention: str | None = None) -> ProjectedClipText:
+    return ProjectedClipText(load_clip_tower(CLIPTextModelWithProjection, path, attention)).eval()
+
+
+def load_clip_tower(tower: type, path: Path, attention: str | None = None) -> torch.nn.Module:
+    """One of CLIP's two towers with its projection, from a whole CLIP model's folder, without the other tower's
+    weights. The projection size lives in the top-level CLIP config, which a tower's config alone lacks."""
     config = CLIPConfig.from_pretrained(str(path))
-    vision_config = config.vision_config
-    vision_config.projection_dim = config.projection_dim
+    tower_config = config.vision_config if tower is CLIPVisionModelWithProjection else config.text_config
+    tower_config.projection_dim = config.projection_dim
     verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # the text tower's weights, skipped on purpose, are not news
+    transformers_logging.set_verbosity_error()  # the other tower's weights, skipped on purpose, are not news
     try:
-        vision = CLIPVisionModelWithProjection.from_pretrained(str(path), config=vision_config)
+        return tower.from_pretrained(str(path), config=tower_config, attn_implementation=attention)
     finally:
         transformers_logging.set_verbosity(verbosity)
-    return PixelsToImageEmbeds(vision, mean, std).eval()
 
 
 def torch_forward(module: torch.nn.Module, runtime: Runtime) -> Callable[..., np.ndarray]:
