@@ -1,37 +1,58 @@
 """The BentoML services: a text model, an image model, and the API that composes them.
 
-POST /embed/text    texts -> vectors (all-MiniLM-L6-v2 by default)
-POST /embed/image   images as data URLs -> vectors (CLIP ViT-B/32 by default)
-POST /embed/batch   mixed text and image items with ids -> vectors in input order, bad items failing alone
-GET  /health        models loaded and answering, memory, uptime (503 when a configured model is not)
+POST /embed/text        texts -> vectors (all-MiniLM-L6-v2 by default)
+POST /embed/image       images as data URLs or multipart files -> vectors (CLIP ViT-B/32 by default)
+POST /embed/batch       mixed text and image items with ids (JSON or multipart) -> vectors in input order, bad items
+                        failing alone
+POST /embed/image-text  texts -> vectors in the image space (CLIP's text tower), to search images by text
+POST /classify/image    images and candidate labels -> each image's labels by probability (CLIP zero-shot)
+POST /v1/embeddings     the OpenAI embeddings API; GET /v1/models lists what it serves
+GET  /health            models loaded and answering, memory, uptime (503 when a configured model is not)
+GET  /metrics           Prometheus: BentoML's series and this server's (embedding_server/observability.py)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import bentoml
 import numpy as np
+from bentoml._internal.utils.analytics import usage_stats
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from embedding_server.batching import BatchQueue, in_own_thread
+from embedding_server.access import ApiKeyMiddleware
+from embedding_server.batching import ForwardThread
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
-from embedding_server.model_service import RUNNER_CONNECTION, load_encoder, remote_client
+from embedding_server.model_service import RUNNER_CONNECTION, batched_forward, load_encoder, remote_client
 from embedding_server.model_store import Modality, bento_model_reference
+from embedding_server.observability import RequestLogMiddleware
+from embedding_server.openai_compat import OpenAIEmbeddings
 from embedding_server.schemas import (
+    ClassifyImageRequest,
+    ClassifyImageResponse,
     EmbedBatchRequest,
     EmbedBatchResponse,
     EmbedImageRequest,
     EmbedImageResponse,
     EmbedTextRequest,
     EmbedTextResponse,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
 )
 from embedding_server.settings import get_settings
+from embedding_server.uploads import UploadMiddleware
+
+# BentoML's usage tracking stays off unless the operator opts in with BENTOML_DO_NOT_TRACK=false. The `bentoml` CLI
+# read the variable (and cached it) before it imported this file, hence the cache reset.
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+usage_stats.do_not_track.cache_clear()
 
 settings = get_settings()
 logging.getLogger("embedding_server").setLevel(settings.log_level.upper())
@@ -57,7 +78,9 @@ class TextModel:
 
         self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
         if self.encoder is not None:
-            self.batches = BatchQueue(in_own_thread(self.encoder.embed_token_ids), settings.text_max_batch_size)
+            self.batches = batched_forward(
+                "text", self.encoder.embed_token_ids, ForwardThread(), settings.text_max_batch_size
+            )
 
     @bentoml.api
     async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
@@ -73,20 +96,32 @@ class TextModel:
 
 @bentoml.service(name="image_model", **MODEL_SERVICE)
 class ImageModel:
-    """CLIP ViT-B/32 (or IMAGE_MODEL_NAME): uint8 pixels in, projected image features out."""
+    """CLIP ViT-B/32 (or IMAGE_MODEL_NAME): uint8 pixels in, projected image features out; and CLIP's text tower,
+    token ids in, projected text features out, from the same stored model."""
 
     bento_model = bento_model_reference(settings.image_model_name)
 
     def __init__(self) -> None:
+        from models.clip_text import ClipTextEncoder
         from models.image import ImageEncoder
 
         self.encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
         if self.encoder is not None:
-            self.batches = BatchQueue(in_own_thread(self.encoder.embed_pixels), settings.image_max_batch_size)
+            thread = ForwardThread()
+            self.batches = batched_forward("image", self.encoder.embed_pixels, thread, settings.image_max_batch_size)
+            self.text_encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings)
+            if self.text_encoder is not None:
+                self.text_batches = batched_forward(
+                    "image_text", self.text_encoder.embed_token_ids, thread, settings.text_max_batch_size
+                )
 
     @bentoml.api
     async def embed(self, pixels: np.ndarray) -> np.ndarray:
         return await self.batches.submit(pixels)
+
+    @bentoml.api
+    async def embed_text(self, token_ids: list[list[int]]) -> np.ndarray:
+        return await self.text_batches.submit(token_ids)
 
     @bentoml.api
     async def is_loaded(self) -> bool:
@@ -101,12 +136,24 @@ async def health(_: Request) -> JSONResponse:
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
 
 
-# BentoML's own APIs answer POST only; GET /health is a plain Starlette route mounted beside them.
-health_app = Starlette(routes=[Route("/health", health, methods=["GET"])])
+async def list_models(_: Request) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().openai.models().model_dump())
 
 
-@bentoml.service(name="embedding_api", http={"port": settings.port, "host": settings.host}, workers=1)
-@bentoml.asgi_app(health_app, path="/")
+# BentoML's own APIs answer POST only; the GET routes are a plain Starlette app mounted beside them.
+get_routes = Starlette(
+    routes=[Route("/health", health, methods=["GET"]), Route("/v1/models", list_models, methods=["GET"])]
+)
+
+
+@bentoml.service(
+    name="embedding_api",
+    http={"port": settings.port, "host": settings.host},
+    workers=1,
+    # RequestLogMiddleware writes the access log, with the items of each request.
+    logging={"access": {"enabled": False}},
+)
+@bentoml.asgi_app(get_routes, path="/")
 class EmbeddingAPI:
     # A model whose name is empty gets no service process at all.
     if settings.text_model_name:
@@ -118,16 +165,29 @@ class EmbeddingAPI:
         self.embedder = Embedder(
             settings,
             Model.configure(
-                Modality.TEXT, settings.text_model_name, self._client("text_model", settings.text_max_batch_size)
+                "text",
+                Modality.TEXT,
+                settings.text_model_name,
+                self._client("text_model", "embed", settings.text_max_batch_size),
             ),
             Model.configure(
-                Modality.IMAGE, settings.image_model_name, self._client("image_model", settings.image_max_batch_size)
+                "image",
+                Modality.IMAGE,
+                settings.image_model_name,
+                self._client("image_model", "embed", settings.image_max_batch_size),
+            ),
+            Model.configure(
+                "image_text",
+                Modality.IMAGE,
+                settings.image_model_name,
+                self._client("image_model", "embed_text", settings.text_max_batch_size),
             ),
         )
+        self.openai = OpenAIEmbeddings(self.embedder)
 
-    def _client(self, dependency: str, max_batch_size: int) -> ModelClient | None:
+    def _client(self, dependency: str, method: str, max_batch_size: int) -> ModelClient | None:
         service = getattr(self, dependency, None)
-        return remote_client(service, max_batch_size) if service is not None else None
+        return remote_client(service, max_batch_size, method) if service is not None else None
 
     @bentoml.api(route="/embed/text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
     async def embed_text(self, **request) -> EmbedTextResponse | JSONResponse:
@@ -141,16 +201,48 @@ class EmbeddingAPI:
     async def embed_batch(self, **request) -> EmbedBatchResponse | JSONResponse:
         return await answer(self.embedder.embed_batch(EmbedBatchRequest.model_construct(**request)))
 
+    @bentoml.api(route="/embed/image-text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
+    async def embed_image_text(self, **request) -> EmbedTextResponse | JSONResponse:
+        """Texts as vectors in CLIP's image space: compare a query text with stored image vectors."""
+        request = EmbedTextRequest.model_construct(**request)
+        return await answer(self.embedder.embed_text(request, self.embedder.image_text))
+
+    @bentoml.api(route="/classify/image", input_spec=ClassifyImageRequest, output_spec=ClassifyImageResponse)
+    async def classify_image(self, **request) -> ClassifyImageResponse | JSONResponse:
+        return await answer(self.embedder.classify_image(ClassifyImageRequest.model_construct(**request)))
+
+    @bentoml.api(route="/v1/embeddings", input_spec=OpenAIEmbeddingRequest, output_spec=OpenAIEmbeddingResponse)
+    async def openai_embeddings(self, **request) -> OpenAIEmbeddingResponse | JSONResponse:
+        return await answer(self.openai.embeddings(OpenAIEmbeddingRequest.model_construct(**request)), openai=True)
+
     async def __is_ready__(self) -> bool:
         return (await self.embedder.health()).status == "ok"
 
 
-async def answer(work):
-    """The route's response, or its ApiError as this API's JSON error body and status."""
+async def answer(work, openai: bool = False):
+    """The route's response, or its ApiError as this API's JSON error body (OpenAI's on /v1) and status."""
     try:
         return await work
     except ApiError as error:
-        return error.to_response()
+        return error.to_response(openai)
 
 
-EmbeddingAPI.add_asgi_middleware(ErrorBodyMiddleware, routes=frozenset({"/embed/text", "/embed/image", "/embed/batch"}))
+# The first added is the outermost: the log sees every answer, CORS headers reach even a 401.
+EmbeddingAPI.add_asgi_middleware(
+    RequestLogMiddleware, quiet_paths=frozenset({"/health", "/livez", "/readyz", "/metrics"})
+)
+if settings.cors_origin_list:
+    EmbeddingAPI.add_asgi_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+if settings.api_key:
+    EmbeddingAPI.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+EmbeddingAPI.add_asgi_middleware(UploadMiddleware, embedder=lambda: bentoml.get_current_service().embedder)
+EmbeddingAPI.add_asgi_middleware(
+    ErrorBodyMiddleware,
+    routes=frozenset({"/embed/text", "/embed/image", "/embed/batch", "/embed/image-text", "/classify/image"}),
+    openai_routes=frozenset({"/v1/embeddings"}),
+)

@@ -95,14 +95,20 @@ class BatchQueue(Generic[Inputs]):
         return batch
 
 
-def in_own_thread(forward: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs], Awaitable[np.ndarray]]:
-    """A blocking forward pass as a coroutine that runs it in one dedicated thread, so the event loop stays free."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+class ForwardThread:
+    """The one thread that runs a model process's forward passes: the event loop stays free to take requests, and
+    two passes (CLIP's image and text towers share a process) never compete for the same cores."""
 
-    async def run(inputs: Inputs) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(executor, forward, inputs)
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
 
-    return run
+    def runs(self, forward: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs], Awaitable[np.ndarray]]:
+        """The blocking `forward` as a coroutine function that runs it in this thread."""
+
+        async def run(inputs: Inputs) -> np.ndarray:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, forward, inputs)
+
+        return run
 
 
 def combine(parts: Sequence[Inputs]) -> Inputs:

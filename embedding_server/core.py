@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,13 @@ import psutil
 from embedding_server.errors import ApiError, ErrorCode
 from embedding_server.images import decode_image
 from embedding_server.model_store import Modality, find_stored, import_hint
+from embedding_server.observability import IMAGE_DECODE_SECONDS, ITEM_ERRORS, TEXTS_TRUNCATED, record_items
 from embedding_server.schemas import (
     BatchItem,
     BatchResult,
+    ClassifyImageMetadata,
+    ClassifyImageRequest,
+    ClassifyImageResponse,
     EmbedBatchMetadata,
     EmbedBatchRequest,
     EmbedBatchResponse,
@@ -32,10 +36,15 @@ from embedding_server.schemas import (
     EmbedTextMetadata,
     EmbedTextRequest,
     EmbedTextResponse,
+    Encoding,
     HealthResponse,
+    ImageClassification,
     ItemError,
+    LabelProbability,
 )
 from embedding_server.settings import Settings
+from embedding_server.wire import encode_vectors
+from models.clip_text import zero_shot_probabilities
 from models.preprocess import ImagePreprocessor
 from models.tokenizer import TextTokenizer, TokenizedText
 from models.vectors import l2_normalize
@@ -60,19 +69,28 @@ class ModelClient:
 
 @dataclass
 class Model:
-    """One configured model as the API sees it: its stored files, its client, or why it can't be used."""
+    """One model as the API sees it: its stored files, its client, or why it can't be used.
 
+    Three of them: the text model, CLIP's image tower and CLIP's text tower; the two CLIP towers are one stored
+    model served by one model service."""
+
+    name: str
+    """text, image or image_text: the metrics label and the word in messages."""
     modality: Modality
     model_id: str
     client: ModelClient | None
     path: Path | None = None
     dimension: int = 0
+    metadata: dict = field(default_factory=dict)
+    created: int = 0
+    """When the model was imported, in Unix seconds."""
     problem: str | None = None
 
     @classmethod
-    def configure(cls, modality: Modality, model_id: str, client: ModelClient | None) -> Model:
+    def configure(cls, name: str, modality: Modality, model_id: str, client: ModelClient | None) -> Model:
         if not model_id or client is None:
             return cls(
+                name,
                 modality,
                 model_id,
                 None,
@@ -80,8 +98,24 @@ class Model:
             )
         stored = find_stored(model_id)
         if stored is None:
-            return cls(modality, model_id, client, problem=import_hint(modality, model_id))
-        return cls(modality, model_id, client, Path(stored.path), int(stored.info.metadata["dimension"]))
+            return cls(name, modality, model_id, client, problem=import_hint(modality, model_id))
+        metadata = dict(stored.info.metadata)
+        model = cls(
+            name,
+            modality,
+            model_id,
+            client,
+            Path(stored.path),
+            int(metadata["dimension"]),
+            metadata,
+            int(stored.info.creation_time.timestamp()),
+        )
+        if name == "image_text" and not (model.path / "tokenizer.json").is_file():
+            model.problem = (
+                f"the stored CLIP model {stored.tag} has no tokenizer for its text tower; "
+                "import it again with `python import_models.py`"
+            )
+        return model
 
     @property
     def enabled(self) -> bool:
@@ -97,6 +131,7 @@ class Model:
             vectors = await self.require().embed(inputs)
         except ModelUnavailable as exc:
             raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"{self.modality.value} model service failed: {exc}") from exc
+        record_items(self.name, len(vectors))
         return l2_normalize(vectors) if normalize else vectors
 
     async def is_healthy(self) -> bool:
@@ -108,49 +143,96 @@ class Model:
             return False
 
 
+@dataclass(frozen=True)
+class EmbeddedTexts:
+    vectors: np.ndarray
+    tokenized: list[TokenizedText]
+
+    @property
+    def truncated(self) -> list[int]:
+        return [i for i, t in enumerate(self.tokenized) if t.truncated]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(t.ids) for t in self.tokenized)
+
+
 class Embedder:
     """The API's work, route by route."""
 
-    def __init__(self, settings: Settings, text: Model, image: Model) -> None:
+    def __init__(self, settings: Settings, text: Model, image: Model, image_text: Model) -> None:
         self.settings = settings
         self.text = text
         self.image = image
-        self.tokenizer = TextTokenizer.from_dir(text.path) if text.path else None
+        self.image_text = image_text
+        self.tokenizers = {
+            model.name: TextTokenizer.from_dir(model.path)
+            for model in (text, image_text)
+            if model.path is not None and model.problem is None
+        }
         self.preprocessor = ImagePreprocessor.from_dir(image.path) if image.path else None
         self.started = time.monotonic()
 
     # --- routes -----------------------------------------------------------------------------------------------
 
-    async def embed_text(self, request: EmbedTextRequest) -> EmbedTextResponse:
+    async def embed_text(self, request: EmbedTextRequest, model: Model | None = None) -> EmbedTextResponse:
+        """Texts as vectors of the text model, or of `model` (CLIP's text tower for /embed/image-text)."""
         started = time.perf_counter()
-        self.text.require()
-        tokenized = await asyncio.to_thread(self._tokenize, request.texts, request.truncate)
-        vectors = await self.text.embed([t.ids for t in tokenized], request.normalize)
+        model = model or self.text
+        embedded = await self.embed_texts(model, request.texts, request.normalize, request.truncate)
         return EmbedTextResponse(
-            embeddings=vectors.tolist(),
+            embeddings=encode_vectors(embedded.vectors, request.encoding),
             metadata=EmbedTextMetadata(
-                count=len(vectors),
-                dimension=self.text.dimension,
+                count=len(embedded.vectors),
+                dimension=model.dimension,
                 duration=elapsed_ms(started),
-                model=self.text.model_id,
-                truncated=[i for i, t in enumerate(tokenized) if t.truncated],
+                model=model.model_id,
+                truncated=embedded.truncated,
+                tokens=embedded.tokens,
             ),
         )
 
     async def embed_image(self, request: EmbedImageRequest) -> EmbedImageResponse:
         started = time.perf_counter()
-        self.image.require()
-        pixels = await asyncio.to_thread(
-            lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(request.images)])
-        )
-        vectors = await self.image.embed(pixels, request.normalize)
+        vectors = await self.image.embed(await self._prepare_images(request.images), request.normalize)
         return EmbedImageResponse(
-            embeddings=vectors.tolist(),
+            embeddings=encode_vectors(vectors, request.encoding),
             metadata=EmbedImageMetadata(
                 count=len(vectors),
                 dimension=self.image.dimension,
                 duration=elapsed_ms(started),
                 model=self.image.model_id,
+            ),
+        )
+
+    async def classify_image(self, request: ClassifyImageRequest) -> ClassifyImageResponse:
+        """Zero-shot classification: each image's labels by CLIP's probability, as `CLIPModel` computes it."""
+        started = time.perf_counter()
+        self.image_text.require()
+        pixels, labels = await asyncio.gather(
+            self._prepare_images(request.images),
+            self.embed_texts(self.image_text, request.labels, normalize=True, truncate=True),
+        )
+        image_vectors = await self.image.embed(pixels, normalize=True)
+        probabilities = zero_shot_probabilities(
+            image_vectors, labels.vectors, float(self.image_text.metadata["logit_scale"])
+        )
+        top_k = request.top_k or len(request.labels)
+        return ClassifyImageResponse(
+            results=[
+                ImageClassification(
+                    labels=[
+                        LabelProbability(label=request.labels[i], probability=float(row[i]))
+                        for i in np.argsort(-row, kind="stable")[:top_k]
+                    ]
+                )
+                for row in probabilities
+            ],
+            metadata=ClassifyImageMetadata(
+                count=len(probabilities),
+                duration=elapsed_ms(started),
+                model=self.image.model_id,
+                truncated=labels.truncated,
             ),
         )
 
@@ -162,9 +244,12 @@ class Embedder:
         texts = [i for i, item in enumerate(items) if item.type == "text"]
         images = [i for i, item in enumerate(items) if item.type == "image"]
         prepare_text = functools.partial(self._prepare_batch_text, truncate=request.truncate)
+        embed_part = functools.partial(
+            self._embed_batch_part, items=items, results=results, normalize=request.normalize, encoding=request.encoding
+        )
         await asyncio.gather(
-            self._embed_batch_part(self.text, texts, items, results, request.normalize, prepare_text),
-            self._embed_batch_part(self.image, images, items, results, request.normalize, self._prepare_image),
+            embed_part(self.text, texts, prepare=prepare_text),
+            embed_part(self.image, images, prepare=self._prepare_image),
         )
         return EmbedBatchResponse(
             results=results,
@@ -194,33 +279,58 @@ class Embedder:
 
     # --- stages -----------------------------------------------------------------------------------------------
 
-    def _tokenize(self, texts: Sequence[str], truncate: bool, first_index: int = 0) -> list[TokenizedText]:
-        tokenized = self.tokenizer.tokenize(texts)
+    async def embed_texts(self, model: Model, texts: Sequence[str], normalize: bool, truncate: bool) -> EmbeddedTexts:
+        """Texts through `model`'s tokenizer and model service; a text over the token limit is cut (and reported)
+        or, without `truncate`, a 422 naming it."""
+        model.require()
+        tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate)
+        vectors = await model.embed([t.ids for t in tokenized], normalize)
+        if truncated := sum(t.truncated for t in tokenized):
+            TEXTS_TRUNCATED.labels(model.name).inc(truncated)
+        return EmbeddedTexts(vectors, tokenized)
+
+    def _tokenize(
+        self, model: Model, texts: Sequence[str], truncate: bool, first_index: int = 0
+    ) -> list[TokenizedText]:
+        tokenizer = self.tokenizers[model.name]
+        tokenized = tokenizer.tokenize(texts)
         if not truncate:
             for index, t in enumerate(tokenized, start=first_index):
                 if t.truncated:
                     raise ApiError(
                         ErrorCode.TOO_MANY_TOKENS,
-                        f"text {index} has {t.token_count} tokens, more than the model's {self.tokenizer.max_tokens}; "
+                        f"text {index} has {t.token_count} tokens, more than the model's {tokenizer.max_tokens}; "
                         "send truncate: true to embed its beginning",
                         index,
                     )
         return tokenized
 
-    def _prepare_image(self, content: str, index: int) -> np.ndarray:
+    async def _prepare_images(self, images: Sequence[str | bytes]) -> np.ndarray:
+        self.image.require()
+        return await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(images)]))
+
+    def _prepare_image(self, content: str | bytes, index: int) -> np.ndarray:
+        started = time.perf_counter()
         image = decode_image(
             content, self.settings.max_image_bytes, self.settings.max_image_pixels, index, self.preprocessor.size
         )
-        return self.preprocessor(image)
+        pixels = self.preprocessor(image)
+        IMAGE_DECODE_SECONDS.observe(time.perf_counter() - started)
+        return pixels
 
-    def _prepare_batch_text(self, content: str, index: int, truncate: bool) -> list[int]:
+    def _prepare_batch_text(self, content: str | bytes, index: int, truncate: bool) -> list[int]:
+        if isinstance(content, bytes):  # an uploaded text file
+            try:
+                content = content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ApiError(ErrorCode.NOT_UTF8, f"text file is not UTF-8 (byte {exc.start})", index) from None
         if len(content) > self.settings.max_text_chars:
             raise ApiError(
                 ErrorCode.TEXT_TOO_LONG,
                 f"text has {len(content)} characters, more than {self.settings.max_text_chars}",
                 index,
             )
-        return self._tokenize([content], truncate, first_index=index)[0].ids
+        return self._tokenize(self.text, [content], truncate, first_index=index)[0].ids
 
     async def _embed_batch_part(
         self,
@@ -229,7 +339,8 @@ class Embedder:
         items: Sequence[BatchItem],
         results: list[BatchResult | None],
         normalize: bool,
-        prepare: Callable[[str, int], object],
+        encoding: Encoding,
+        prepare: Callable[[str | bytes, int], object],
     ) -> None:
         """Embeds one modality's items of a batch; an item that fails gets its error in its place, the rest go on."""
         if not indexes:
@@ -255,7 +366,7 @@ class Embedder:
             for index in ready:
                 results[index] = failed_item(items[index], error)
             return
-        for index, vector in zip(ready, vectors.tolist(), strict=True):
+        for index, vector in zip(ready, encode_vectors(vectors, encoding), strict=True):
             results[index] = BatchResult(id=items[index].id, embedding=vector)
 
 
@@ -270,6 +381,7 @@ def reject_duplicate_ids(items: Sequence[BatchItem]) -> None:
 
 
 def failed_item(item: BatchItem, error: ApiError) -> BatchResult:
+    ITEM_ERRORS.labels(error.code.value).inc()
     return BatchResult(id=item.id, error=ItemError(code=error.code.value, message=error.message))
 
 

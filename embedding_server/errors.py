@@ -7,6 +7,8 @@ from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
+from embedding_server.observability import record_error
+
 
 class ErrorCode(str, Enum):
     INVALID_JSON = "invalid_json"
@@ -15,6 +17,7 @@ class ErrorCode(str, Enum):
     EMPTY_INPUT = "empty_input"
     TOO_MANY_ITEMS = "too_many_items"
     TEXT_TOO_LONG = "text_too_long"
+    NOT_UTF8 = "not_utf8"
     TOO_MANY_TOKENS = "too_many_tokens"
     UNKNOWN_ITEM_TYPE = "unknown_item_type"
     DUPLICATE_ID = "duplicate_id"
@@ -25,6 +28,10 @@ class ErrorCode(str, Enum):
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    INVALID_UPLOAD = "invalid_upload"
+    UNAUTHORIZED = "unauthorized"
 
 
 STATUS: dict[ErrorCode, HTTPStatus] = {
@@ -33,6 +40,8 @@ STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.TOO_MANY_PIXELS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ErrorCode.MODEL_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorCode.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
 }
 """Codes not listed here are 422: the request was JSON but its content can't be embedded."""
 
@@ -40,11 +49,13 @@ STATUS: dict[ErrorCode, HTTPStatus] = {
 class ApiError(Exception):
     """A request (or one item of it) that can't be served; `index` names the offending item when there is one."""
 
-    def __init__(self, code: ErrorCode, message: str, index: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, index: int | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.index = index
+        self.param = param
+        """The request field at fault, for the OpenAI error body."""
 
     @property
     def status(self) -> HTTPStatus:
@@ -56,9 +67,31 @@ class ApiError(Exception):
             detail["index"] = self.index
         return {"error": detail}
 
-    def to_response(self) -> JSONResponse:
-        headers = {"Retry-After": "5"} if self.status == HTTPStatus.SERVICE_UNAVAILABLE else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+    def openai_body(self) -> dict:
+        """The error body of the OpenAI API, for the /v1 routes."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": _OPENAI_TYPES.get(
+                    self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+                ),
+                "param": self.param,
+                "code": self.code.value,
+            }
+        }
+
+    def to_response(self, openai: bool = False) -> JSONResponse:
+        headers = {}
+        if self.status == HTTPStatus.SERVICE_UNAVAILABLE:
+            headers["Retry-After"] = "5"
+        elif self.status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        body = self.openai_body() if openai else self.body()
+        record_error(self.code.value)
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+_OPENAI_TYPES = {HTTPStatus.UNAUTHORIZED: "authentication_error", HTTPStatus.NOT_FOUND: "invalid_request_error"}
 
 
 # pydantic's error types, as BentoML reports them when a body does not fit the schema, and the code each one means.
@@ -69,7 +102,6 @@ _VALIDATION_CODES = {
     "too_short": ErrorCode.EMPTY_INPUT,
     "too_long": ErrorCode.TOO_MANY_ITEMS,
     "string_too_long": ErrorCode.TEXT_TOO_LONG,
-    "literal_error": ErrorCode.UNKNOWN_ITEM_TYPE,
 }
 
 
@@ -78,7 +110,9 @@ def from_validation_errors(errors: list[dict]) -> ApiError:
     first = errors[0] if errors else {"type": "", "loc": [], "msg": "invalid request"}
     loc = [part for part in first.get("loc", []) if part != "body"]
     code = _VALIDATION_CODES.get(first.get("type", ""), ErrorCode.INVALID_REQUEST)
+    if first.get("type") == "literal_error" and loc and loc[-1] == "type":
+        code = ErrorCode.UNKNOWN_ITEM_TYPE
     index = next((part for part in loc if isinstance(part, int)), None)
     where = ".".join(str(part) for part in loc)
     message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    return ApiError(code, message, index)
+    return ApiError(code, message, index, param=str(loc[0]) if loc else None)

@@ -1,4 +1,5 @@
-"""Image content from a request (data URL or bare base64) to a decoded, upright PIL image, within the limits."""
+"""Image content from a request (data URL, bare base64 or uploaded bytes) to a decoded, upright PIL image, within the
+limits."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ _WHITESPACE = re.compile(rb"\s+")
 
 
 def decode_image(
-    content: str, max_bytes: int, max_pixels: int, index: int | None = None, min_side: int = 0
+    content: str | bytes, max_bytes: int, max_pixels: int, index: int | None = None, min_side: int = 0
 ) -> Image.Image:
-    """Decodes `data:image/...;base64,...` or bare base64 into a fully loaded image, EXIF orientation applied.
+    """Decodes `data:image/...;base64,...`, bare base64, or (as bytes) an uploaded file into a fully loaded image,
+    EXIF orientation applied.
 
     With `min_side`, a JPEG is decoded at the smallest of its reduced scales (1/2, 1/4, 1/8) that keeps both sides at
     least `min_side` pixels: several times cheaper, and the pre-processing shrinks it to that size anyway.
@@ -28,7 +30,11 @@ def decode_image(
     Raises ApiError (naming `index`) for bad base64, bytes that are no accepted image, a truncated file, more than
     `max_bytes` of image or more than `max_pixels` pixels; the pixel check comes before the pixels are decoded.
     """
-    data = _decode_base64(content, max_bytes, index)
+    data = (
+        _decode_base64(content, max_bytes, index)
+        if isinstance(content, str)
+        else _checked_size(content, max_bytes, index)
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -71,6 +77,10 @@ def _decode_base64(content: str, max_bytes: int, index: int | None) -> bytes:
         raise ApiError(
             ErrorCode.INVALID_BASE64, "content is neither a base64 data URL nor valid base64", index
         ) from None
+    return _checked_size(data, max_bytes, index)
+
+
+def _checked_size(data: bytes, max_bytes: int, index: int | None) -> bytes:
     if len(data) > max_bytes:
         raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, more than {max_bytes}", index)
     if not data:

@@ -8,6 +8,7 @@ from http import HTTPStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_server.errors import ApiError, ErrorCode, from_validation_errors
+from embedding_server.observability import record_error
 
 
 def as_api_error(status: int, body: bytes) -> ApiError | None:
@@ -29,20 +30,22 @@ def as_api_error(status: int, body: bytes) -> ApiError | None:
 
 
 class ErrorBodyMiddleware:
-    """JSON in and JSON errors out on the given routes.
+    """JSON in and JSON errors out on the given routes, in the OpenAI error shape on `openai_routes`.
 
     A body sent without `Content-Type: application/json` (curl's `-d` says form-urlencoded) is read as JSON all the
     same. Only 4xx responses are buffered and looked at; everything else streams through untouched.
     """
 
-    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, routes: frozenset[str], openai_routes: frozenset[str] = frozenset()) -> None:
         self.app = app
-        self.routes = routes
+        self.routes = routes | openai_routes
+        self.openai_routes = openai_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
+        openai = scope["path"] in self.openai_routes
         scope = {**scope, "headers": [*_without_content_type(scope["headers"]), (b"content-type", b"application/json")]}
         held: list[Message] = []
 
@@ -62,7 +65,8 @@ class ErrorBodyMiddleware:
             if error is not None:
                 # BentoML answers 400 to every schema problem; the code's own status says which kind it was.
                 status = error.status if start["status"] == HTTPStatus.BAD_REQUEST else start["status"]
-                body = json.dumps(error.body()).encode()
+                body = json.dumps(error.openai_body() if openai else error.body()).encode()
+                record_error(error.code.value)
                 headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(body)).encode()))
                 start = {**start, "status": int(status), "headers": headers}

@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 from bentoml.exceptions import BentoMLException
 
-from embedding_server.batching import BatchQueue
+from embedding_server.batching import BatchQueue, ForwardThread
 from embedding_server.core import ModelClient, ModelUnavailable
 from embedding_server.model_store import Modality, find_stored, import_hint
+from embedding_server.observability import MODEL_BATCH_SIZE
 from embedding_server.settings import Settings
 from models.onnx_backend import ONNX_FILE
 from models.runtime import Runtime
@@ -57,15 +58,26 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
     return encoder
 
 
-def remote_client(proxy: Any, max_batch_size: int) -> ModelClient:
-    """The API's client for a model service reached through `bentoml.depends`; concurrent requests are sent together,
-    up to `max_batch_size` items a call."""
+def batched_forward(model: str, forward: Callable, thread: ForwardThread, max_batch_size: int) -> BatchQueue:
+    """A model service's queue: batches of whole requests through `forward` in the process's forward thread, each
+    batch's size counted in the `model` series."""
+
+    def counted(inputs):
+        MODEL_BATCH_SIZE.labels(model).observe(len(inputs))
+        return forward(inputs)
+
+    return BatchQueue(thread.runs(counted), max_batch_size)
+
+
+def remote_client(proxy: Any, max_batch_size: int, method: str = "embed") -> ModelClient:
+    """The API's client for a model service reached through `bentoml.depends`, calling its `method`; concurrent
+    requests are sent together, up to `max_batch_size` items a call."""
     client = proxy.to_async
 
     async def call_embed(inputs: object):
         for attempt in range(CONNECTION_RETRIES + 1):
             try:
-                return await client.call("embed", inputs)
+                return await client.call(method, inputs)
             except aiohttp.ClientConnectionError as exc:  # embedding is idempotent: safe to send again
                 if attempt == CONNECTION_RETRIES:
                     raise ModelUnavailable(f"cannot reach the model service ({type(exc).__name__})") from exc

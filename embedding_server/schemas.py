@@ -12,22 +12,32 @@ _settings = get_settings()
 
 Text = Annotated[str, Field(max_length=_settings.max_text_chars)]
 ItemList = Field(min_length=1, max_length=_settings.max_items_per_request)
-Vector = list[float]
+Encoding = Literal["float", "base64"]
+Vector = Annotated[
+    list[float] | str,
+    Field(description="The vector as numbers, or with encoding base64 its little-endian float32 bytes."),
+]
+ImageList = Field(
+    min_length=1,
+    max_length=_settings.max_items_per_request,
+    description="data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF).",
+)
+EncodingField = Field(
+    "float", description="float: vectors as JSON numbers; base64: each vector's little-endian float32 bytes in base64."
+)
 
 
 class EmbedTextRequest(BaseModel):
     texts: list[Text] = ItemList
     normalize: bool = Field(True, description="L2-normalise each vector.")
     truncate: bool = Field(True, description="Cut texts over the model's token limit; when false they are a 422.")
+    encoding: Encoding = EncodingField
 
 
 class EmbedImageRequest(BaseModel):
-    images: list[str] = Field(
-        min_length=1,
-        max_length=_settings.max_items_per_request,
-        description="data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF).",
-    )
+    images: list[str] = ImageList
     normalize: bool = True
+    encoding: Encoding = EncodingField
 
 
 class BatchItem(BaseModel):
@@ -40,6 +50,28 @@ class EmbedBatchRequest(BaseModel):
     items: list[BatchItem] = ItemList
     normalize: bool = True
     truncate: bool = True
+    encoding: Encoding = EncodingField
+
+
+class ClassifyImageRequest(BaseModel):
+    images: list[str] = ImageList
+    labels: list[Annotated[str, Field(max_length=_settings.max_text_chars)]] = Field(
+        min_length=1,
+        max_length=_settings.max_items_per_request,
+        description='Candidate labels, compared with each image as CLIP does; prompts such as "a photo of a cat" '
+        "work better than bare words.",
+    )
+    top_k: int | None = Field(None, ge=1, description="Keep only the most probable labels of each image.")
+
+
+class UploadOptions(BaseModel):
+    """The `options` part of a multipart upload: the JSON body's fields other than the content."""
+
+    model_config = {"extra": "forbid"}
+
+    normalize: bool = True
+    truncate: bool = True
+    encoding: Encoding = "float"
 
 
 class EmbedTextMetadata(BaseModel):
@@ -48,6 +80,7 @@ class EmbedTextMetadata(BaseModel):
     duration: float = Field(description="Server-side milliseconds of the request.")
     model: str
     truncated: list[int] = Field(description="Indexes of the texts that were cut to the model's token limit.")
+    tokens: int = Field(description="Tokens embedded, special tokens included.")
 
 
 class EmbedImageMetadata(BaseModel):
@@ -95,6 +128,72 @@ class EmbedBatchMetadata(BaseModel):
 class EmbedBatchResponse(BaseModel):
     results: list[BatchResult]
     metadata: EmbedBatchMetadata
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImageClassification(BaseModel):
+    labels: list[LabelProbability] = Field(description="The labels, most probable first.")
+
+
+class ClassifyImageMetadata(BaseModel):
+    count: int
+    duration: float
+    model: str
+    truncated: list[int] = Field(description="Indexes of the labels that were cut to CLIP's token limit.")
+
+
+class ClassifyImageResponse(BaseModel):
+    results: list[ImageClassification] = Field(description="One per image, in input order.")
+    metadata: ClassifyImageMetadata
+
+
+# --- OpenAI-compatible embeddings (/v1) ---------------------------------------------------------------------------
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    model: str = Field(description="A served model's id or short name (GET /v1/models).")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text or a list of texts. Token-id arrays are refused: they would be another tokenizer's ids."
+    )
+    encoding_format: Encoding = "float"
+    dimensions: int | None = Field(
+        None, description="Only the model's own dimension: no model here was trained to be shortened."
+    )
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Vector
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class HealthResponse(BaseModel):

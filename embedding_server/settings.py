@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     model_threads: int = Field(
         0, ge=0, description="CPU threads of each model process; 0 uses every core the process may run on."
     )
+    api_key: str = Field(
+        "", description="When set, every route but /health, /livez, /readyz and /metrics needs `Bearer <key>`."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins that browsers may call the API from, or *; empty: none (closed)."
+    )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @model_validator(mode="after")
     def _some_model_is_served(self) -> Settings:

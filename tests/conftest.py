@@ -85,12 +85,17 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(bentoml_home: Path, log: Path, target: str = ".", ready_path: str = "/readyz", **env: str) -> Server:
+def start_server(
+    bentoml_home: Path, log: Path, target: str = ".", ready_path: str = "/readyz", **env: str | None
+) -> Server:
+    """`bentoml serve` with the test limits and `env` (a None value removes that variable)."""
     port = free_port()
+    home = server_home(bentoml_home, log.parent / f"bentoml-home-{port}")
+    environment = {**os.environ, "BENTOML_HOME": str(home), **TEST_LIMITS, **env}
     process = subprocess.Popen(
         [str(VENV_BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
         cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(bentoml_home), **TEST_LIMITS, **env},
+        env={name: value for name, value in environment.items() if value is not None},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -110,6 +115,16 @@ def start_server(bentoml_home: Path, log: Path, target: str = ".", ready_path: s
         time.sleep(0.5)
     stop_server(server)
     raise RuntimeError(f"server not ready in 120 s:\n{server.log_tail()}")
+
+
+def server_home(bentoml_home: Path, into: Path) -> Path:
+    """A BENTOML_HOME of one server's own that shares the stores of `bentoml_home`: a starting server clears its
+    home's Prometheus folder, which would blank the /metrics of another server running from the same home."""
+    into.mkdir()
+    for store in ("models", "bentos"):
+        if (bentoml_home / store).is_dir():
+            (into / store).symlink_to(bentoml_home / store)
+    return into
 
 
 def stop_server(server: Server) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from embedding_server.batching import BatchQueue, in_own_thread
+from embedding_server.batching import BatchQueue, ForwardThread
 
 
 class GatedForward:
@@ -128,7 +128,7 @@ def test_arrays_are_concatenated_and_a_blocking_forward_runs_off_the_event_loop(
         return pixels.reshape(len(pixels), -1).sum(axis=1, keepdims=True).astype(np.float32)
 
     async def scenario():
-        queue = BatchQueue(in_own_thread(forward), max_batch_size=8)
+        queue = BatchQueue(ForwardThread().runs(forward), max_batch_size=8)
         images = [np.full((n, 2, 2, 3), n, dtype=np.uint8) for n in (1, 2, 3)]
         results = await asyncio.gather(*(queue.submit(batch) for batch in images))
         assert [r[:, 0].tolist() for r in results] == [[12.0], [24.0, 24.0], [36.0, 36.0, 36.0]]

@@ -51,6 +51,7 @@ def test_bento_contains_models_code_requirements_and_a_cuda_image(built_bento):
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM nvidia/cuda:12.8" in dockerfile and "runtime" in dockerfile
     assert "install.sh" in dockerfile  # the pinned requirements are installed into the image
+    assert 'ENV BENTOML_DO_NOT_TRACK="true"' in dockerfile or "BENTOML_DO_NOT_TRACK=true" in dockerfile
 
 
 def test_built_bento_serves_from_the_store(built_bento, tmp_path):

@@ -1,0 +1,94 @@
+"""The OpenAI embeddings API (`POST /v1/embeddings`, `GET /v1/models`) on top of the Embedder, for the clients and
+tools that already speak it."""
+
+from __future__ import annotations
+
+from embedding_server.core import Embedder, Model
+from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.schemas import (
+    OpenAIEmbedding,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAIUsage,
+)
+from embedding_server.wire import encode_vectors
+
+
+class OpenAIEmbeddings:
+    """Routes an OpenAI request by `model` to the text model or to CLIP's text tower."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    def served(self) -> list[Model]:
+        """The models that embed text, as far as the store knows (a model service that is down still counts)."""
+        return [m for m in (self.embedder.text, self.embedder.image_text) if m.enabled and m.problem is None]
+
+    def models(self) -> OpenAIModelList:
+        return OpenAIModelList(
+            data=[
+                OpenAIModel(id=m.model_id, created=m.created, owned_by=m.model_id.partition("/")[0] or "local")
+                for m in self.served()
+            ]
+        )
+
+    async def embeddings(self, request: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
+        model = self._model(request.model)
+        texts = self._texts(request.input)
+        if request.dimensions is not None and request.dimensions != model.dimension:
+            raise ApiError(
+                ErrorCode.UNSUPPORTED_PARAMETER,
+                f"dimensions {request.dimensions} is not supported: {model.model_id} was not trained to give "
+                f"shortened vectors; leave dimensions out (or send {model.dimension})",
+                param="dimensions",
+            )
+        embedded = await self.embedder.embed_texts(model, texts, normalize=True, truncate=True)
+        return OpenAIEmbeddingResponse(
+            data=[
+                OpenAIEmbedding(index=i, embedding=vector)
+                for i, vector in enumerate(encode_vectors(embedded.vectors, request.encoding_format))
+            ],
+            model=model.model_id,
+            usage=OpenAIUsage(prompt_tokens=embedded.tokens, total_tokens=embedded.tokens),
+        )
+
+    def _model(self, name: str) -> Model:
+        """The model that `name` means: its Hugging Face id or the part after the slash, in any case."""
+        wanted = name.lower()
+        for model in self.served():
+            model_id = model.model_id.lower()
+            if wanted in (model_id, model_id.rpartition("/")[2]):
+                return model
+        available = ", ".join(m.model_id for m in self.served()) or "none"
+        raise ApiError(
+            ErrorCode.MODEL_NOT_FOUND, f"model {name!r} is not served here (available: {available})", param="model"
+        )
+
+    def _texts(self, input: str | list) -> list[str]:
+        texts = [input] if isinstance(input, str) else input
+        settings = self.embedder.settings
+        if not texts:
+            raise ApiError(ErrorCode.EMPTY_INPUT, "input is an empty list", param="input")
+        if not all(isinstance(text, str) for text in texts):
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                "input must be a text or a list of texts: token ids from another tokenizer mean nothing to this model",
+                param="input",
+            )
+        if len(texts) > settings.max_items_per_request:
+            raise ApiError(
+                ErrorCode.TOO_MANY_ITEMS,
+                f"input has {len(texts)} texts, more than {settings.max_items_per_request}",
+                param="input",
+            )
+        for index, text in enumerate(texts):
+            if len(text) > settings.max_text_chars:
+                raise ApiError(
+                    ErrorCode.TEXT_TOO_LONG,
+                    f"input {index} has {len(text)} characters, more than {settings.max_text_chars}",
+                    index,
+                    param="input",
+                )
+        return texts
