@@ -58,14 +58,17 @@ def record_error(code: str) -> None:
 
 class RequestLogMiddleware:
     """One log line per request (method, route, items, status, milliseconds; never its content) and the error
-    counter. Outermost of this service's middleware, so that it sees every answer, auth refusals included."""
+    counter. Outermost of this service's middleware, so that it sees every answer, auth refusals included.
+
+    Probes and scrapes (`quiet_paths`) are neither logged nor counted: a load balancer polling /health every second,
+    503 while the models load, would drown the log and the error series."""
 
     def __init__(self, app: ASGIApp, quiet_paths: frozenset[str]) -> None:
         self.app = app
         self.quiet_paths = quiet_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
         record = RequestRecord()
@@ -85,12 +88,11 @@ class RequestLogMiddleware:
             _current.reset(token)
             if status >= 400:
                 REQUEST_ERRORS.labels(record.error_code or f"http_{status}").inc()
-            if scope["path"] not in self.quiet_paths or status >= 400:
-                logger.info(
-                    "%s %s status=%d items=%d duration_ms=%.1f",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    record.items,
-                    (time.perf_counter() - started) * 1000,
-                )
+            logger.info(
+                "%s %s status=%d items=%d duration_ms=%.1f",
+                scope["method"],
+                scope["path"],
+                status,
+                record.items,
+                (time.perf_counter() - started) * 1000,
+            )

@@ -158,8 +158,10 @@ def test_one_log_line_per_request_without_its_content(server):
     secret = "my-private-sentence-xyz"
     assert server.post("/embed/text", json={"texts": [secret, "two", "three"]}).status_code == 200
     assert server.post("/embed/text", json={"texts": []}).status_code == 422
+    assert server.get("/health").status_code == 200
     time.sleep(0.5)
     log = server.log.read_text()
+    assert "GET /health" not in log  # probes are not logged
     assert re.search(r"POST /embed/text status=200 items=3 duration_ms=\d+\.\d", log)
     assert re.search(r"POST /embed/text status=422 items=0 duration_ms=", log)
     assert secret not in log
