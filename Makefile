@@ -8,7 +8,7 @@ export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
 .PHONY: install serve test bench lint build clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-client.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

@@ -25,14 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from embedding_server.access import ApiKeyMiddleware
+from embedding_server.access import PROBE_PATHS, ApiKeyMiddleware
 from embedding_server.batching import ForwardThread
+from embedding_server.body_limit import BodyLimitMiddleware
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import RUNNER_CONNECTION, batched_forward, load_encoder, remote_client
 from embedding_server.model_store import Modality, bento_model_reference
-from embedding_server.observability import RequestLogMiddleware
+from embedding_server.observability import BENTOML_ENDPOINT_LOGGER, ClientErrorTracebacks, RequestLogMiddleware
 from embedding_server.openai_compat import OpenAIEmbeddings
 from embedding_server.schemas import (
     ClassifyImageRequest,
@@ -55,7 +56,9 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 usage_stats.do_not_track.cache_clear()
 
 settings = get_settings()
-logging.getLogger("embedding_server").setLevel(settings.log_level.upper())
+for logger_name in ("embedding_server", "models"):
+    logging.getLogger(logger_name).setLevel(settings.log_level)
+logging.getLogger(BENTOML_ENDPOINT_LOGGER).addFilter(ClientErrorTracebacks())
 
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
 MODEL_SERVICE = {
@@ -228,18 +231,15 @@ async def answer(work, openai: bool = False):
 
 
 # The first added is the outermost: the log sees every answer, CORS headers reach even a 401.
-EmbeddingAPI.add_asgi_middleware(
-    RequestLogMiddleware, quiet_paths=frozenset({"/health", "/livez", "/readyz", "/metrics"})
-)
+EmbeddingAPI.add_asgi_middleware(RequestLogMiddleware, quiet_paths=PROBE_PATHS)
 if settings.cors_origin_list:
+    # Any request header: browser clients add their own (the OpenAI JS client sends x-stainless-*).
     EmbeddingAPI.add_asgi_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origin_list,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Authorization", "Content-Type"],
+        CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["GET", "POST"], allow_headers=["*"]
     )
 if settings.api_key:
     EmbeddingAPI.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+EmbeddingAPI.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
 EmbeddingAPI.add_asgi_middleware(UploadMiddleware, embedder=lambda: bentoml.get_current_service().embedder)
 EmbeddingAPI.add_asgi_middleware(
     ErrorBodyMiddleware,

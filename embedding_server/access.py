@@ -8,12 +8,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedding_server.errors import ApiError, ErrorCode
 
-OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
-"""Probes and scrapers carry no key."""
+PROBE_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
+"""Health probes and the metrics scrape: they carry no key (and are not logged)."""
 
 
 class ApiKeyMiddleware:
-    """Every route but OPEN_PATHS needs `Authorization: Bearer <key>`, else 401 with the JSON error body (the OpenAI
+    """Every route but PROBE_PATHS needs `Authorization: Bearer <key>`, else 401 with the JSON error body (the OpenAI
     one under /v1, which OpenAI clients read)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
@@ -21,8 +21,11 @@ class ApiKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+        if scope["type"] == "lifespan" or scope["path"] in PROBE_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a websocket: none is served, and none opens without the key
+            await send({"type": "websocket.close", "code": 1008})
             return
         error = ApiError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>")
         await error.to_response(openai=scope["path"].startswith("/v1/"))(scope, receive, send)

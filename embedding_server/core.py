@@ -110,10 +110,10 @@ class Model:
             metadata,
             int(stored.info.creation_time.timestamp()),
         )
-        if name == "image_text" and not (model.path / "tokenizer.json").is_file():
+        if name == "image_text" and not ((model.path / "tokenizer.json").is_file() and "logit_scale" in metadata):
             model.problem = (
-                f"the stored CLIP model {stored.tag} has no tokenizer for its text tower; "
-                "import it again with `python import_models.py`"
+                f"the stored CLIP model {stored.tag} was imported without its text tower's tokenizer and logit scale; "
+                "import it again with `python import_models.py --force`"
             )
         return model
 

@@ -25,6 +25,7 @@ class ErrorCode(str, Enum):
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED_IMAGE = "truncated_image"
     IMAGE_TOO_LARGE = "image_too_large"
+    REQUEST_TOO_LARGE = "request_too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MODEL_UNAVAILABLE = "model_unavailable"
@@ -37,6 +38,7 @@ class ErrorCode(str, Enum):
 STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.INVALID_JSON: HTTPStatus.BAD_REQUEST,
     ErrorCode.IMAGE_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.REQUEST_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.TOO_MANY_PIXELS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ErrorCode.MODEL_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,

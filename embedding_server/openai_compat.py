@@ -71,10 +71,12 @@ class OpenAIEmbeddings:
         settings = self.embedder.settings
         if not texts:
             raise ApiError(ErrorCode.EMPTY_INPUT, "input is an empty list", param="input")
-        if not all(isinstance(text, str) for text in texts):
+        not_text = next((index for index, text in enumerate(texts) if not isinstance(text, str)), None)
+        if not_text is not None:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST,
-                "input must be a text or a list of texts: token ids from another tokenizer mean nothing to this model",
+                f"input {not_text} is not a text: token ids from another tokenizer mean nothing to this model",
+                not_text,
                 param="input",
             )
         if len(texts) > settings.max_items_per_request:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from embedding_server.settings import get_settings
 
@@ -27,33 +27,39 @@ EncodingField = Field(
 )
 
 
-class EmbedTextRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A request's body: when it does not validate, BentoML logs pydantic's error, which must not quote the content."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+
+class EmbedTextRequest(RequestBody):
     texts: list[Text] = ItemList
     normalize: bool = Field(True, description="L2-normalise each vector.")
     truncate: bool = Field(True, description="Cut texts over the model's token limit; when false they are a 422.")
     encoding: Encoding = EncodingField
 
 
-class EmbedImageRequest(BaseModel):
+class EmbedImageRequest(RequestBody):
     images: list[str] = ImageList
     normalize: bool = True
     encoding: Encoding = EncodingField
 
 
-class BatchItem(BaseModel):
+class BatchItem(RequestBody):
     id: str = Field(min_length=1, max_length=1024)
     type: Literal["text", "image"]
     content: str
 
 
-class EmbedBatchRequest(BaseModel):
+class EmbedBatchRequest(RequestBody):
     items: list[BatchItem] = ItemList
     normalize: bool = True
     truncate: bool = True
     encoding: Encoding = EncodingField
 
 
-class ClassifyImageRequest(BaseModel):
+class ClassifyImageRequest(RequestBody):
     images: list[str] = ImageList
     labels: list[Annotated[str, Field(max_length=_settings.max_text_chars)]] = Field(
         min_length=1,
@@ -64,10 +70,10 @@ class ClassifyImageRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, description="Keep only the most probable labels of each image.")
 
 
-class UploadOptions(BaseModel):
+class UploadOptions(RequestBody):
     """The `options` part of a multipart upload: the JSON body's fields other than the content."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid")
 
     normalize: bool = True
     truncate: bool = True
@@ -154,9 +160,10 @@ class ClassifyImageResponse(BaseModel):
 # --- OpenAI-compatible embeddings (/v1) ---------------------------------------------------------------------------
 
 
-class OpenAIEmbeddingRequest(BaseModel):
+class OpenAIEmbeddingRequest(RequestBody):
     model: str = Field(description="A served model's id or short name (GET /v1/models).")
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    # One list type for texts and token ids alike, so that a wrong element is named by our own check, with its index.
+    input: str | list[str | int | list[int]] = Field(
         description="A text or a list of texts. Token-id arrays are refused: they would be another tokenizer's ids."
     )
     encoding_format: Encoding = "float"

@@ -6,7 +6,7 @@ import functools
 import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,11 +29,16 @@ class Settings(BaseSettings):
         128, ge=1, description="Most texts in one batch of the text model (it runs them 32 at a time, by length)."
     )
     image_max_batch_size: int = Field(16, ge=1, description="Most images in one batch of the image model.")
-    log_level: str = Field("INFO", description="Python log level of the server's own logger.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Python log level of the server's own loggers (embedding_server.*, models.*)."
+    )
     max_items_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest request body, checked before it is parsed (413 past it)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the models run.")
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",
@@ -52,6 +57,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _some_model_is_served(self) -> Settings:

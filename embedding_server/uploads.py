@@ -41,7 +41,7 @@ class UploadMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         request = Request(scope, receive) if route is not None else None
-        if request is None or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request is None or not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             await self.app(scope, receive, send)
             return
         embedder = self.embedder()
@@ -101,6 +101,7 @@ async def embed_batch_upload(embedder: Embedder, form: FormData):
     for name, value in form.multi_items():
         if name == OPTIONS_FIELD:
             continue
+        check_id(name, len(items))
         if isinstance(value, str):
             items.append(BatchItem.model_construct(id=name, type="text", content=value))
         else:
@@ -120,11 +121,22 @@ def upload_options(form: FormData) -> UploadOptions:
     raw = form.get(OPTIONS_FIELD)
     if raw is None:
         return UploadOptions()
+    if not isinstance(raw, str):
+        raise ApiError(ErrorCode.INVALID_UPLOAD, f"the {OPTIONS_FIELD!r} part must be a plain field, not a file")
     try:
-        return UploadOptions.model_validate_json(raw if isinstance(raw, str) else "")
+        return UploadOptions.model_validate_json(raw)
     except ValidationError as exc:
         error = from_validation_errors(exc.errors())
         raise ApiError(error.code, f"options part: {error.message}") from None
+
+
+def check_id(name: str, index: int) -> None:
+    """A part's name is the item's id, under the JSON form's rules for ids."""
+    try:
+        BatchItem(id=name, type="text", content="")
+    except ValidationError as exc:
+        reason = from_validation_errors(exc.errors()).message
+        raise ApiError(ErrorCode.INVALID_UPLOAD, f"part {index}'s name is no valid item id ({reason})", index) from None
 
 
 def check_count(count: int, settings: Settings) -> None:

@@ -50,3 +50,25 @@ def test_missing_model_answers_503_with_how_to_import(server_missing_image_model
         json={"items": [{"id": "t", "type": "text", "content": "hi"}, {"id": "i", "type": "image", "content": "x"}]},
     ).json()
     assert "embedding" in batch["results"][0] and batch["results"][1]["error"]["code"] == "model_unavailable"
+
+
+def test_clip_stored_before_its_text_tower_was_imported(model_store, tmp_path):
+    """A CLIP model imported by an earlier version (no logit scale, no text export): images are still embedded, the
+    text-tower routes answer 503 with the command that fixes it."""
+    home = copy_store(model_store, tmp_path / "home", keep="")
+    (model_file,) = (home / "models").glob("openai--clip-vit-base-patch32/*/model.yaml")
+    model_file.write_text(model_file.read_text().replace("  logit_scale:", "  unrelated_key:"))
+    (model_file.parent / "onnx" / "text_model.onnx").unlink()
+    server = start_server(home, tmp_path / "old-clip.log", TEXT_MODEL_NAME="")
+    try:
+        assert server.post("/embed/image", json={"images": [data_url(image_bytes())]}).status_code == 200
+        for route, body in [
+            ("/embed/image-text", {"texts": ["a cat"]}),
+            ("/classify/image", {"images": [data_url(image_bytes())], "labels": ["a cat", "a dog"]}),
+        ]:
+            response = server.post(route, json=body)
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "model_unavailable" and "import_models.py --force" in error["message"]
+    finally:
+        stop_server(server)

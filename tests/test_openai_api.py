@@ -100,6 +100,12 @@ def test_bad_requests_get_the_openai_error_body(server, body, status, code, para
         assert error["param"] == param
 
 
+def test_a_non_text_input_is_named_by_its_index(server):
+    response = server.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": ["a", 3, "b"]})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("input 1 is not a text")
+
+
 def test_a_body_that_is_no_json_is_a_400_in_openai_shape(server):
     response = requests.post(server.url + "/v1/embeddings", data=b"{not json", timeout=30)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"

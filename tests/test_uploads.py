@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import requests
 from conftest import data_url, image_bytes
 
 RED = image_bytes(color=(200, 30, 40))
@@ -58,6 +59,12 @@ def test_upload_options_part(server):
         ([(f"f{i}", (f"{i}.png", RED, "image/png")) for i in range(9)], 422, "too_many_items", None),
         ([("options", (None, '{"normalize": "maybe"}'))], 422, "invalid_request", None),
         ([("options", (None, "{}"))], 422, "empty_input", None),
+        (
+            [("a", ("a.png", RED, "image/png")), ("options", ("o.json", b"{}", "application/json"))],
+            422,
+            "invalid_upload",
+            None,
+        ),
     ],
 )
 def test_bad_image_uploads_are_named_4xx(server, files, status, code, index):
@@ -86,6 +93,24 @@ def test_batch_upload_ids_from_part_names_and_per_item_errors(server):
     assert results[3]["error"]["code"] == "not_an_image"
     assert results[4]["error"]["code"] == "not_utf8"
     assert response.json()["metadata"]["failed"] == 2
+
+
+@pytest.mark.parametrize("name", ["", "x" * 1025])
+def test_batch_upload_part_names_follow_the_id_rules(server, name):
+    response = server.post("/embed/batch", files=[("ok", (None, "one")), (name, (None, "two"))])
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_upload" and response.json()["error"]["index"] == 1
+
+
+def test_multipart_content_type_is_matched_in_any_case(server):
+    request = requests.Request(
+        "POST", server.url + "/embed/image", files=[("a", ("a.png", RED, "image/png"))]
+    ).prepare()
+    request.headers["Content-Type"] = request.headers["Content-Type"].replace(
+        "multipart/form-data", "Multipart/Form-Data"
+    )
+    response = requests.Session().send(request, timeout=60)
+    assert response.status_code == 200, response.text
 
 
 def test_batch_upload_duplicate_part_names_are_refused(server):
@@ -128,3 +153,29 @@ def test_readme_curl_upload(server, tmp_path):
         check=True,
     ).stdout
     np.testing.assert_allclose(vectors_of(json.loads(output)), json_image_vectors(server, [RED, BLUE]), atol=1e-6)
+
+
+# --- the body limit (MAX_REQUEST_BYTES, 4 MB in the tests) ---------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+    files = [("images", (f"{i}.png", b"\0" * 1_500_000, "image/png")) for i in range(3)]
+    response = server.post("/embed/image", files=files)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert "4000000" in response.json()["error"]["message"]
+    response = server.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": ["word " * 900_000]})
+    assert response.status_code == 413 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_streamed_body_is_cut_off_at_the_limit(server):
+    def chunks():  # no Content-Length: chunked transfer, as a streaming client sends it
+        yield b'{"texts": ["'
+        for _ in range(50):
+            yield b"a" * 100_000
+        yield b'"]}'
+
+    response = server.post("/embed/text", data=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert server.post("/embed/text", json={"texts": ["still answering"]}).status_code == 200

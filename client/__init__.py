@@ -1,0 +1,1 @@
+"""Bulk client of the embedding server for folders: `python -m client --help`."""
