@@ -18,6 +18,7 @@ import os
 
 import bentoml
 import numpy as np
+from bentoml._internal.context import server_context
 from bentoml._internal.utils.analytics import usage_stats
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -29,12 +30,15 @@ from embedding_server.access import PROBE_PATHS, ApiKeyMiddleware
 from embedding_server.batching import ForwardThread
 from embedding_server.body_limit import BodyLimitMiddleware
 from embedding_server.core import Embedder, Model, ModelClient
+from embedding_server.deadline import RequestDeadlineMiddleware
+from embedding_server.draining import MODEL_SERVICE_ACTIVITY, ActivityMiddleware, exit_when_idle
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import RUNNER_CONNECTION, batched_forward, load_encoder, remote_client
 from embedding_server.model_store import Modality, bento_model_reference
 from embedding_server.observability import BENTOML_ENDPOINT_LOGGER, ClientErrorTracebacks, RequestLogMiddleware
 from embedding_server.openai_compat import OpenAIEmbeddings
+from embedding_server.openapi import OpenAPIDocumentMiddleware
 from embedding_server.schemas import (
     ClassifyImageRequest,
     ClassifyImageResponse,
@@ -60,9 +64,12 @@ for logger_name in ("embedding_server", "models"):
     logging.getLogger(logger_name).setLevel(settings.log_level)
 logging.getLogger(BENTOML_ENDPOINT_LOGGER).addFilter(ClientErrorTracebacks())
 
+# BentoML's own deadline (504 with its own body) is set past REQUEST_TIMEOUT_S, so that this server's comes first.
+TRAFFIC = {"timeout": settings.request_timeout_s + 5}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
 MODEL_SERVICE = {
     "resources": {"gpu": 0.5},
+    "traffic": TRAFFIC,
     "workers": 1,
     "runner_connection": RUNNER_CONNECTION,
     # One line per inner call costs the model process CPU that the forward pass needs; the API logs every request.
@@ -82,7 +89,7 @@ class TextModel:
         self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
         if self.encoder is not None:
             self.batches = batched_forward(
-                "text", self.encoder.embed_token_ids, ForwardThread(), settings.text_max_batch_size
+                "text", self.encoder.embed_token_ids, ForwardThread(), settings.text_max_batch_size, settings
             )
 
     @bentoml.api
@@ -111,11 +118,13 @@ class ImageModel:
         self.encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
         if self.encoder is not None:
             thread = ForwardThread()
-            self.batches = batched_forward("image", self.encoder.embed_pixels, thread, settings.image_max_batch_size)
+            self.batches = batched_forward(
+                "image", self.encoder.embed_pixels, thread, settings.image_max_batch_size, settings
+            )
             self.text_encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings)
             if self.text_encoder is not None:
                 self.text_batches = batched_forward(
-                    "image_text", self.text_encoder.embed_token_ids, thread, settings.text_max_batch_size
+                    "image_text", self.text_encoder.embed_token_ids, thread, settings.text_max_batch_size, settings
                 )
 
     @bentoml.api
@@ -152,6 +161,7 @@ get_routes = Starlette(
 @bentoml.service(
     name="embedding_api",
     http={"port": settings.port, "host": settings.host},
+    traffic=TRAFFIC,
     workers=1,
     # RequestLogMiddleware writes the access log, with the items of each request.
     logging={"access": {"enabled": False}},
@@ -190,7 +200,7 @@ class EmbeddingAPI:
 
     def _client(self, dependency: str, method: str, max_batch_size: int) -> ModelClient | None:
         service = getattr(self, dependency, None)
-        return remote_client(service, max_batch_size, method) if service is not None else None
+        return remote_client(service, max_batch_size, settings.max_queued_items, method) if service else None
 
     @bentoml.api(route="/embed/text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
     async def embed_text(self, **request) -> EmbedTextResponse | JSONResponse:
@@ -240,9 +250,23 @@ if settings.cors_origin_list:
 if settings.api_key:
     EmbeddingAPI.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
 EmbeddingAPI.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+EmbeddingAPI.add_asgi_middleware(
+    RequestDeadlineMiddleware, timeout_s=settings.request_timeout_s, exempt_paths=PROBE_PATHS
+)
 EmbeddingAPI.add_asgi_middleware(UploadMiddleware, embedder=lambda: bentoml.get_current_service().embedder)
 EmbeddingAPI.add_asgi_middleware(
     ErrorBodyMiddleware,
     routes=frozenset({"/embed/text", "/embed/image", "/embed/batch", "/embed/image-text", "/classify/image"}),
     openai_routes=frozenset({"/v1/embeddings"}),
+)
+# /docs.json: BentoML's OpenAPI document with this API's error bodies, unions, GET routes and uploads.
+EmbeddingAPI.add_asgi_middleware(OpenAPIDocumentMiddleware, service=EmbeddingAPI)
+# Each model service counts its calls, so that on SIGTERM it serves until the API has drained (draining.py).
+for model_service in (TextModel, ImageModel):
+    model_service.add_asgi_middleware(ActivityMiddleware, activity=MODEL_SERVICE_ACTIVITY)
+exit_when_idle(
+    MODEL_SERVICE_ACTIVITY,
+    settings.shutdown_idle_s,
+    settings.request_timeout_s,
+    applies=lambda: server_context.service_type == "service",  # a model service, not the API ("entry_service")
 )

@@ -27,23 +27,43 @@ class _Request(Generic[Inputs]):
         self.future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
 
 
+class QueueFull(Exception):
+    """The queue holds as many items as it may; the request was not queued."""
+
+
 class BatchQueue(Generic[Inputs]):
     """Runs `forward` on batches made of whole queued requests, at most `max_batch_size` items each (a larger request
-    goes alone), with at most `concurrency` batches running at a time."""
+    goes alone), with at most `concurrency` batches running at a time, and at most `max_queued` items waiting."""
 
     def __init__(
-        self, forward: Callable[[Inputs], Awaitable[np.ndarray]], max_batch_size: int, concurrency: int = 1
+        self,
+        forward: Callable[[Inputs], Awaitable[np.ndarray]],
+        max_batch_size: int,
+        concurrency: int = 1,
+        max_queued: int | None = None,
     ) -> None:
         self._forward = forward
         self._max_batch_size = max_batch_size
         self._concurrency = concurrency
+        self._max_queued = max_queued
         self._queue: deque[_Request[Inputs]] = deque()
+        self._queued_items = 0
         self._running: set[asyncio.Task] = set()
 
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
     async def submit(self, inputs: Inputs) -> np.ndarray:
-        """The rows of `forward`'s output for `inputs`, computed in one batch with whatever else is queued."""
+        """The rows of `forward`'s output for `inputs`, computed in one batch with whatever else is queued. Raises
+        QueueFull, at once, when queueing `inputs` would put more than `max_queued` items in the queue (a request
+        that finds the queue empty is always taken): under overload a quick refusal that the client can retry beats
+        a wait that only grows."""
+        if self._max_queued is not None and self._queued_items + len(inputs) > self._max_queued and self._queue:
+            raise QueueFull(f"{self._queued_items} items are already waiting")
         request = _Request(inputs)
         self._queue.append(request)
+        self._queued_items += len(inputs)
         self._dispatch()
         return await request.future
 
@@ -86,11 +106,12 @@ class BatchQueue(Generic[Inputs]):
         while self._queue:
             request = self._queue[0]
             if request.future.done():
-                self._queue.popleft()
+                self._queued_items -= len(self._queue.popleft().inputs)
                 continue
             if batch and size + len(request.inputs) > self._max_batch_size:
                 break
             batch.append(self._queue.popleft())
+            self._queued_items -= len(request.inputs)
             size += len(request.inputs)
         return batch
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from embedding_server.batching import QueueFull
 from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.image_urls import fetch_image, looks_like_url
 from embedding_server.images import decode_image
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.observability import IMAGE_DECODE_SECONDS, ITEM_ERRORS, TEXTS_TRUNCATED, record_items
@@ -55,7 +57,11 @@ HEALTH_PROBE_TIMEOUT_S = 2.0
 
 
 class ModelUnavailable(Exception):
-    """The model service could not be reached or could not run the model."""
+    """The model service could not be reached, or is not ready."""
+
+
+class ModelFailed(Exception):
+    """The model service answered with an error: the forward pass raised."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,12 @@ class Model:
             vectors = await self.require().embed(inputs)
         except ModelUnavailable as exc:
             raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"{self.modality.value} model service failed: {exc}") from exc
+        except ModelFailed as exc:
+            raise ApiError(ErrorCode.MODEL_ERROR, f"{self.modality.value} model failed on this batch: {exc}") from exc
+        except QueueFull as exc:
+            raise ApiError(
+                ErrorCode.OVERLOADED, f"the {self.modality.value} model is busy ({exc}); retry after a second"
+            ) from exc
         record_items(self.name, len(vectors))
         return l2_normalize(vectors) if normalize else vectors
 
@@ -310,6 +322,8 @@ class Embedder:
         return await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(images)]))
 
     def _prepare_image(self, content: str | bytes, index: int) -> np.ndarray:
+        if isinstance(content, str) and looks_like_url(content):  # fetched here, in the worker thread
+            content = fetch_image(content, self.settings, index)
         started = time.perf_counter()
         image = decode_image(
             content, self.settings.max_image_bytes, self.settings.max_image_pixels, index, self.preprocessor.size

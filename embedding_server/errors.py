@@ -22,6 +22,10 @@ class ErrorCode(str, Enum):
     UNKNOWN_ITEM_TYPE = "unknown_item_type"
     DUPLICATE_ID = "duplicate_id"
     INVALID_BASE64 = "invalid_base64"
+    IMAGE_URL_DISABLED = "image_url_disabled"
+    INVALID_IMAGE_URL = "invalid_image_url"
+    IMAGE_URL_NOT_ALLOWED = "image_url_not_allowed"
+    IMAGE_FETCH_FAILED = "image_fetch_failed"
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED_IMAGE = "truncated_image"
     IMAGE_TOO_LARGE = "image_too_large"
@@ -29,6 +33,9 @@ class ErrorCode(str, Enum):
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MODEL_UNAVAILABLE = "model_unavailable"
+    MODEL_ERROR = "model_error"
+    OVERLOADED = "overloaded"
+    REQUEST_TIMEOUT = "request_timeout"
     MODEL_NOT_FOUND = "model_not_found"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     INVALID_UPLOAD = "invalid_upload"
@@ -38,10 +45,14 @@ class ErrorCode(str, Enum):
 STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.INVALID_JSON: HTTPStatus.BAD_REQUEST,
     ErrorCode.IMAGE_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    ErrorCode.IMAGE_FETCH_FAILED: HTTPStatus.BAD_GATEWAY,  # the remote named by an image URL failed, not the request
     ErrorCode.REQUEST_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.TOO_MANY_PIXELS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ErrorCode.MODEL_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.MODEL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
+    ErrorCode.OVERLOADED: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.REQUEST_TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
     ErrorCode.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
     ErrorCode.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
 }
@@ -85,7 +96,8 @@ class ApiError(Exception):
     def to_response(self, openai: bool = False) -> JSONResponse:
         headers = {}
         if self.status == HTTPStatus.SERVICE_UNAVAILABLE:
-            headers["Retry-After"] = "5"
+            # A full queue drains in about a second; a model service that is down takes longer to come back.
+            headers["Retry-After"] = "1" if self.code is ErrorCode.OVERLOADED else "5"
         elif self.status == HTTPStatus.UNAUTHORIZED:
             headers["WWW-Authenticate"] = "Bearer"
         body = self.openai_body() if openai else self.body()

@@ -24,8 +24,10 @@ def decode_image(
     """Decodes `data:image/...;base64,...`, bare base64, or (as bytes) an uploaded file into a fully loaded image,
     EXIF orientation applied.
 
-    With `min_side`, a JPEG is decoded at the smallest of its reduced scales (1/2, 1/4, 1/8) that keeps both sides at
-    least `min_side` pixels: several times cheaper, and the pre-processing shrinks it to that size anyway.
+    `min_side` is the shortest side the model's pre-processing scales every image to. With it, a JPEG is decoded at
+    the smallest of its reduced scales (1/2, 1/4, 1/8) that keeps both sides at least `min_side` pixels: several
+    times cheaper, and the pre-processing shrinks it to that size anyway; and an image so elongated that it would
+    have more than `max_pixels` pixels at that scale is refused.
 
     Raises ApiError (naming `index`) for bad base64, bytes that are no accepted image, a truncated file, more than
     `max_bytes` of image or more than `max_pixels` pixels; the pixel check comes before the pixels are decoded.
@@ -50,6 +52,15 @@ def decode_image(
     width, height = image.size
     if width * height > max_pixels:
         raise ApiError(ErrorCode.TOO_MANY_PIXELS, f"image is {width}x{height}, more than {max_pixels} pixels", index)
+    # The model's pre-processing scales the shortest side to `min_side` before it crops the centre: a 1x1,000,000
+    # strip (a few KB of PNG) would become 224x224,000,000 pixels, tens of GB.
+    if min_side and min_side * min_side * max(width, height) > max_pixels * min(width, height):
+        raise ApiError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"image is {width}x{height}: scaled to a shortest side of {min_side} pixels for the model it would have "
+            f"more than {max_pixels} pixels",
+            index,
+        )
     if min_side and isinstance(image, JpegImageFile):  # MPO, what many cameras write, is a JPEG too
         image.draft("RGB", (min_side, min_side))
     try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import aiohttp
 from bentoml.exceptions import BentoMLException
 
 from embedding_server.batching import BatchQueue, ForwardThread
-from embedding_server.core import ModelClient, ModelUnavailable
+from embedding_server.core import ModelClient, ModelFailed, ModelUnavailable
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.observability import MODEL_BATCH_SIZE
 from embedding_server.settings import Settings
@@ -29,6 +32,9 @@ CONNECTION_RETRIES = 2
 # Two calls in flight to a model service: one computing, the next already queued there, so the model never idles
 # between batches while the API gathers the one after.
 CALLS_IN_FLIGHT = 2
+# A live model service answers its probe in milliseconds, even while it computes (the forward pass has its own
+# thread); one that died is restarted by BentoML, which takes seconds.
+ALIVE_PROBE_TIMEOUT_S = 1.0
 
 
 def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
@@ -58,35 +64,53 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
     return encoder
 
 
-def batched_forward(model: str, forward: Callable, thread: ForwardThread, max_batch_size: int) -> BatchQueue:
+def batched_forward(
+    model: str, forward: Callable, thread: ForwardThread, max_batch_size: int, settings: Settings
+) -> BatchQueue:
     """A model service's queue: batches of whole requests through `forward` in the process's forward thread, each
-    batch's size counted in the `model` series."""
+    batch's size counted in the `model` series; the tests' faults, when their settings ask for them."""
 
     def counted(inputs):
         MODEL_BATCH_SIZE.labels(model).observe(len(inputs))
+        if settings.test_forward_delay_s:
+            time.sleep(settings.test_forward_delay_s)
+        if len(inputs) == settings.test_fail_batch_size:
+            raise RuntimeError(f"fault injected by TEST_FAIL_BATCH_SIZE={settings.test_fail_batch_size}")
         return forward(inputs)
 
     return BatchQueue(thread.runs(counted), max_batch_size)
 
 
-def remote_client(proxy: Any, max_batch_size: int, method: str = "embed") -> ModelClient:
+def remote_client(proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed") -> ModelClient:
     """The API's client for a model service reached through `bentoml.depends`, calling its `method`; concurrent
-    requests are sent together, up to `max_batch_size` items a call."""
+    requests are sent together, up to `max_batch_size` items a call, with at most `max_queued` items waiting."""
     client = proxy.to_async
+
+    async def is_loaded() -> bool:
+        return bool(await client.call("is_loaded"))
+
+    async def answers_at_once() -> bool:
+        try:
+            return await asyncio.wait_for(is_loaded(), ALIVE_PROBE_TIMEOUT_S)
+        except Exception:
+            return False
 
     async def call_embed(inputs: object):
         for attempt in range(CONNECTION_RETRIES + 1):
             try:
                 return await client.call(method, inputs)
-            except aiohttp.ClientConnectionError as exc:  # embedding is idempotent: safe to send again
-                if attempt == CONNECTION_RETRIES:
+            except aiohttp.ClientConnectionError as exc:
+                # Embedding is idempotent, so a call lost on a keep-alive connection that the model service closed
+                # as it was reused is sent again. A model service that died with the call fails it instead: the
+                # retry would wait for its restart, seconds, while the caller can be told to come back.
+                if attempt == CONNECTION_RETRIES or not await answers_at_once():
                     raise ModelUnavailable(f"cannot reach the model service ({type(exc).__name__})") from exc
             except BentoMLException as exc:
-                raise ModelUnavailable(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
+                if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+                    raise ModelUnavailable(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
+                raise ModelFailed(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
             except TimeoutError as exc:
                 raise ModelUnavailable("the model service timed out") from exc
 
-    async def is_loaded() -> bool:
-        return bool(await client.call("is_loaded"))
-
-    return ModelClient(embed=BatchQueue(call_embed, max_batch_size, CALLS_IN_FLIGHT).submit, is_loaded=is_loaded)
+    queue = BatchQueue(call_embed, max_batch_size, CALLS_IN_FLIGHT, max_queued)
+    return ModelClient(embed=queue.submit, is_loaded=is_loaded)

@@ -105,15 +105,17 @@ def loggable_path(path: str) -> str:
 
 
 class ClientErrorTracebacks(logging.Filter):
-    """Drops BentoML's ERROR traceback for a body that failed validation: a client error, answered with a 4xx and
-    logged on the request's own line, and not a fault of the server worth forty lines."""
+    """Drops BentoML's ERROR traceback for a body that failed validation, or that stopped coming (the client left,
+    or the body limit cut it): client errors, answered with a 4xx and logged on the request's own line, and not a
+    fault of the server worth forty lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from bentoml.exceptions import BentoMLException
         from pydantic import ValidationError
+        from starlette.requests import ClientDisconnect
 
         error = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(error, ValidationError) or (
+        client_error = isinstance(error, ValidationError | ClientDisconnect) or (
             isinstance(error, BentoMLException) and error.error_code < 500
         )
         return not client_error

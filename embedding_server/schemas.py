@@ -20,7 +20,12 @@ Vector = Annotated[
 ImageList = Field(
     min_length=1,
     max_length=_settings.max_items_per_request,
-    description="data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF).",
+    description="data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF)."
+    + (
+        " Also http(s) URLs, which the server fetches (public addresses or its allowlist only, at most 3 redirects)."
+        if _settings.allow_image_urls
+        else ""
+    ),
 )
 EncodingField = Field(
     "float", description="float: vectors as JSON numbers; base64: each vector's little-endian float32 bytes in base64."
@@ -111,8 +116,19 @@ class ItemError(BaseModel):
     message: str
 
 
+def _embedding_or_error(schema: dict) -> None:
+    """BatchResult's JSON schema as it is serialised: `embedding` or `error`, never null (the serializer drops the
+    empty half)."""
+    for name in ("embedding", "error"):
+        field = schema["properties"][name]
+        schema["properties"][name] = {**field.pop("anyOf")[0], **{k: v for k, v in field.items() if k != "default"}}
+    schema["oneOf"] = [{"required": ["embedding"]}, {"required": ["error"]}]
+
+
 class BatchResult(BaseModel):
     """One item's vector, or the error that kept it from having one."""
+
+    model_config = ConfigDict(json_schema_extra=_embedding_or_error)
 
     id: str
     embedding: Vector | None = None

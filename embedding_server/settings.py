@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Largest request body, checked before it is parsed (413 past it)."
     )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Deadline of one request, from its first byte to its answer (504 past it)."
+    )
+    max_queued_items: int = Field(
+        2048, ge=1, description="Items waiting for each model beyond those it computes; past it, 503 and Retry-After."
+    )
+    shutdown_idle_s: float = Field(
+        1.0, gt=0, description="On SIGTERM a model service exits once it has had no request for this long."
+    )
+    test_forward_delay_s: float = Field(0.0, ge=0, description="Tests only: seconds added to every forward pass.")
+    test_fail_batch_size: int = Field(
+        0, ge=0, description="Tests only: a forward pass of exactly this many items raises an error."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the models run.")
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",
@@ -52,6 +65,20 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         "", description="Comma-separated origins that browsers may call the API from, or *; empty: none (closed)."
+    )
+    allow_image_urls: bool = Field(
+        False, description="Accept http(s) URLs as image content; the server fetches them, public addresses only."
+    )
+    image_url_allowlist: str = Field(
+        "",
+        description="Comma-separated hosts (names or IP literals, exact, any case) fetched even when they resolve to "
+        "non-public addresses.",
+    )
+    image_fetch_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds an image fetch waits to connect, and for each read of the answer."
+    )
+    image_fetch_deadline_s: float = Field(
+        20.0, gt=0, description="Seconds a whole image fetch may take, DNS and redirects included."
     )
 
     @property

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from embedding_server.batching import BatchQueue, ForwardThread
+from embedding_server.batching import BatchQueue, ForwardThread, QueueFull
 
 
 class GatedForward:
@@ -160,3 +160,38 @@ def test_callers_are_not_left_waiting_when_the_batch_is_cancelled():
             await request
 
     run(scenario())
+
+
+def test_a_full_queue_refuses_at_once_and_takes_again_once_drained():
+    async def scenario():
+        release = asyncio.Event()
+
+        async def forward(inputs):
+            await release.wait()
+            return np.zeros((len(inputs), 1))
+
+        queue = BatchQueue(forward, max_batch_size=8, max_queued=3)
+        running = asyncio.ensure_future(queue.submit([1, 2]))  # taken at once: nothing waits
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(queue.submit([3, 4, 5]))  # three items wait
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await queue.submit([6])
+        assert queue.queued_items == 3
+        release.set()
+        await asyncio.gather(running, waiting)
+        assert queue.queued_items == 0
+        assert len(await queue.submit([7])) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_request_alone_may_exceed_the_queue_limit():
+    async def scenario():
+        async def forward(inputs):
+            return np.zeros((len(inputs), 1))
+
+        queue = BatchQueue(forward, max_batch_size=8, max_queued=2)
+        assert len(await queue.submit([1, 2, 3, 4])) == 4
+
+    asyncio.run(scenario())

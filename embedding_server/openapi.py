@@ -1,0 +1,233 @@
+"""The OpenAPI document at /docs.json, corrected so that it tells the truth.
+
+BentoML 1.4 generates the document from the pydantic specs of each `@bentoml.api`, but:
+
+- it keeps only the first member of a union among a body's top-level fields: `/v1/embeddings`'s `input` read as a
+  string only (lists refused), and `dimensions`, `user`, `top_k` as not nullable;
+- it documents its own error body (`{"error": "<text>"}`) with 400/404/500 on every route, where this API answers
+  `{"error": {"code", "message", "index"}}` (OpenAI's error body on /v1) with the statuses of `errors.STATUS`;
+- it omits the routes of mounted Starlette apps (`GET /health`, `GET /v1/models`) and the multipart form of the
+  upload routes;
+- it declares OpenAPI 3.0 but writes pydantic's JSON Schema 2020-12 (`{"type": "null"}`, `const`).
+
+`document()` takes BentoML's document and corrects it; `OpenAPIDocumentMiddleware` serves the result at /docs.json
+in place of BentoML's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from http import HTTPStatus
+from typing import Any
+
+from _bentoml_sdk.service.openapi import REF_TEMPLATE
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from embedding_server.errors import STATUS, ErrorCode
+from embedding_server.schemas import HealthResponse, OpenAIModelList
+
+DOCUMENT_PATH = "/docs.json"
+_BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ErrorCode": {"type": "string", "enum": [code.value for code in ErrorCode]},
+    "ErrorDetail": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": _ref("ErrorCode"),
+            "message": {"type": "string"},
+            "index": {"type": "integer", "minimum": 0, "description": "The offending item, when there is one."},
+        },
+    },
+    "ErrorResponse": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": _ref("ErrorDetail")},
+        "description": "Every error of this API (but /v1's).",
+    },
+    "OpenAIErrorResponse": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {
+                        "type": "string",
+                        "enum": ["invalid_request_error", "authentication_error", "server_error"],
+                    },
+                    "param": {"type": "string", "nullable": True, "description": "The request field at fault."},
+                    "code": _ref("ErrorCode"),
+                },
+            }
+        },
+        "description": "OpenAI's error body, on the /v1 routes.",
+    },
+}
+
+
+def error_responses(schema: str) -> dict[str, dict[str, Any]]:
+    """Every status an ApiError can have, with the codes that give it and the error body `schema`."""
+    codes: dict[int, list[str]] = defaultdict(list)
+    for code in ErrorCode:
+        codes[int(STATUS.get(code, HTTPStatus.UNPROCESSABLE_ENTITY))].append(code.value)
+    return {
+        str(status): {
+            "description": f"{HTTPStatus(status).phrase}: {', '.join(codes[status])}",
+            "content": {_JSON: {"schema": _ref(schema)}},
+        }
+        for status in sorted(codes)
+    }
+
+
+def document(service: Any) -> dict[str, Any]:
+    """BentoML's OpenAPI document of `service` (a `bentoml.Service`), corrected."""
+    spec = service.openapi_spec.asdict()
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in _BENTOML_ERRORS:
+        schemas.pop(name, None)
+    schemas.update(ERROR_SCHEMAS)
+    for api in service.apis.values():
+        operation = spec["paths"][api.route]["post"]
+        for media in operation["requestBody"]["content"].values():
+            _unflatten(media["schema"], api.input_spec, "validation", schemas)
+        ok = {str(status): response for status, response in operation["responses"].items()}["200"]
+        for media in ok.get("content", {}).values():
+            _unflatten(media["schema"], api.output_spec, "serialization", schemas)
+        openai = api.route.startswith("/v1/")
+        operation["responses"] = {"200": ok, **error_responses("OpenAIErrorResponse" if openai else "ErrorResponse")}
+    _add_uploads(spec["paths"])
+    _add_get_routes(spec["paths"], schemas)
+    if "/readyz" in spec["paths"]:
+        spec["paths"]["/readyz"]["get"]["responses"]["503"] = {"description": "Not ready: a model is not available."}
+    return _openapi_30(spec)
+
+
+def _unflatten(schema: dict[str, Any], model: Any, mode: str, schemas: dict[str, Any]) -> None:
+    """The fields of `schema` as pydantic describes them, every member of a union included."""
+    full = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
+    for name, definition in full.pop("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    schema["properties"] = full.get("properties", {})
+    if full.get("required"):
+        schema["required"] = full["required"]
+
+
+def _add_uploads(paths: dict[str, Any]) -> None:
+    """The multipart form of the upload routes (embedding_server/uploads.py), beside their JSON form."""
+    options = {
+        "type": "string",
+        "description": 'The JSON body\'s other fields as JSON, e.g. {"normalize": false, "encoding": "base64"}.',
+    }
+    forms = {
+        "/embed/image": {
+            "type": "object",
+            "required": ["images"],
+            "properties": {
+                "images": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "description": "Image files, in order (every file part is an image, whatever its name).",
+                },
+                "options": options,
+            },
+        },
+        "/embed/batch": {
+            "type": "object",
+            "properties": {"options": options},
+            "additionalProperties": {"type": "string", "format": "binary"},
+            "description": "Every part is an item whose id is the part's name: a file is an image, a text/* file or "
+            "a plain field a text.",
+        },
+    }
+    for route, form in forms.items():
+        if route in paths:
+            paths[route]["post"]["requestBody"]["content"]["multipart/form-data"] = {"schema": form}
+
+
+def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """The GET routes that service.py mounts as a Starlette app, which BentoML does not document."""
+    for model in (HealthResponse, OpenAIModelList):
+        full = model.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
+        for name, definition in full.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = full
+    health = {"content": {_JSON: {"schema": _ref("HealthResponse")}}}
+    paths["/health"] = {
+        "get": {
+            "tags": ["Infrastructure"],
+            "description": "Models loaded and answering, memory, uptime.",
+            "responses": {
+                "200": {"description": "Every configured model is available.", **health},
+                "503": {"description": "A configured model is not available; `problems` says why.", **health},
+            },
+        }
+    }
+    unauthorized = error_responses("OpenAIErrorResponse")[str(HTTPStatus.UNAUTHORIZED.value)]
+    paths["/v1/models"] = {
+        "get": {
+            "tags": ["Service APIs"],
+            "description": "The models that /v1/embeddings serves (OpenAI's model list).",
+            "responses": {
+                "200": {"description": "Successful Response", "content": {_JSON: {"schema": _ref("OpenAIModelList")}}},
+                "401": unauthorized,
+            },
+        }
+    }
+
+
+def _openapi_30(node: Any) -> Any:
+    """pydantic's JSON Schema 2020-12 written as OpenAPI 3.0's dialect: `anyOf [X, null]` as X with `nullable`,
+    `const` as a one-value `enum`, a numeric `exclusiveMinimum`/`exclusiveMaximum` as the boolean form."""
+    if isinstance(node, list):
+        return [_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _openapi_30(value) for key, value in node.items()}
+    members = node.get("anyOf")
+    if isinstance(members, list) and {"type": "null"} in members:
+        rest = [member for member in members if member != {"type": "null"}]
+        del node["anyOf"]
+        if node.get("default", "") is None:
+            del node["default"]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            node = {**rest[0], **node}
+        else:
+            node["anyOf" if len(rest) > 1 else "allOf"] = rest
+        node["nullable"] = True
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for keyword, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(keyword), int | float) and not isinstance(node[keyword], bool):
+            node[bound] = node[keyword]
+            node[keyword] = True
+    return node
+
+
+class OpenAPIDocumentMiddleware:
+    """Answers GET /docs.json with `document(service)`, built once; everything else goes on."""
+
+    def __init__(self, app: ASGIApp, service: Any) -> None:
+        self.app = app
+        self.service = service
+        self.body: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != DOCUMENT_PATH or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if self.body is None:
+            self.body = json.dumps(document(self.service)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
