@@ -31,7 +31,7 @@ from embedding_server.batching import ForwardThread
 from embedding_server.body_limit import BodyLimitMiddleware
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.deadline import RequestDeadlineMiddleware
-from embedding_server.draining import MODEL_SERVICE_ACTIVITY, ActivityMiddleware, exit_when_idle
+from embedding_server.draining import exit_after, sibling_alive
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import RUNNER_CONNECTION, batched_forward, load_encoder, remote_client
@@ -64,6 +64,7 @@ for logger_name in ("embedding_server", "models"):
     logging.getLogger(logger_name).setLevel(settings.log_level)
 logging.getLogger(BENTOML_ENDPOINT_LOGGER).addFilter(ClientErrorTracebacks())
 
+API_SERVICE_NAME = "embedding_api"
 # BentoML's own deadline (504 with its own body) is set past REQUEST_TIMEOUT_S, so that this server's comes first.
 TRAFFIC = {"timeout": settings.request_timeout_s + 5}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
@@ -159,7 +160,7 @@ get_routes = Starlette(
 
 
 @bentoml.service(
-    name="embedding_api",
+    name=API_SERVICE_NAME,
     http={"port": settings.port, "host": settings.host},
     traffic=TRAFFIC,
     workers=1,
@@ -261,12 +262,9 @@ EmbeddingAPI.add_asgi_middleware(
 )
 # /docs.json: BentoML's OpenAPI document with this API's error bodies, unions, GET routes and uploads.
 EmbeddingAPI.add_asgi_middleware(OpenAPIDocumentMiddleware, service=EmbeddingAPI)
-# Each model service counts its calls, so that on SIGTERM it serves until the API has drained (draining.py).
-for model_service in (TextModel, ImageModel):
-    model_service.add_asgi_middleware(ActivityMiddleware, activity=MODEL_SERVICE_ACTIVITY)
-exit_when_idle(
-    MODEL_SERVICE_ACTIVITY,
-    settings.shutdown_idle_s,
-    settings.request_timeout_s,
+# On SIGTERM a model service serves until the API has finished its requests and exited (draining.py).
+exit_after(
+    sibling_alive(API_SERVICE_NAME),
+    max_wait_s=settings.request_timeout_s + 5,
     applies=lambda: server_context.service_type == "service",  # a model service, not the API ("entry_service")
 )

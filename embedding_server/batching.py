@@ -25,6 +25,8 @@ class _Request(Generic[Inputs]):
     def __init__(self, inputs: Inputs) -> None:
         self.inputs = inputs
         self.future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.waiting = True
+        """Queued, and counted in the queue's items: neither taken into a batch nor given up by its caller."""
 
 
 class QueueFull(Exception):
@@ -59,13 +61,21 @@ class BatchQueue(Generic[Inputs]):
         QueueFull, at once, when queueing `inputs` would put more than `max_queued` items in the queue (a request
         that finds the queue empty is always taken): under overload a quick refusal that the client can retry beats
         a wait that only grows."""
-        if self._max_queued is not None and self._queued_items + len(inputs) > self._max_queued and self._queue:
-            raise QueueFull(f"{self._queued_items} items are already waiting")
+        waiting = self._queued_items
+        if self._max_queued is not None and waiting and waiting + len(inputs) > self._max_queued:
+            raise QueueFull(f"{waiting} items are already waiting")
         request = _Request(inputs)
         self._queue.append(request)
         self._queued_items += len(inputs)
+        # A caller that gives up (deadline, client gone) frees its place at once, not when the queue next moves.
+        request.future.add_done_callback(lambda _: self._stop_waiting(request))
         self._dispatch()
         return await request.future
+
+    def _stop_waiting(self, request: _Request[Inputs]) -> None:
+        if request.waiting:
+            request.waiting = False
+            self._queued_items -= len(request.inputs)
 
     def _dispatch(self) -> None:
         while len(self._running) < self._concurrency and (batch := self._take_batch()):
@@ -106,12 +116,12 @@ class BatchQueue(Generic[Inputs]):
         while self._queue:
             request = self._queue[0]
             if request.future.done():
-                self._queued_items -= len(self._queue.popleft().inputs)
+                self._queue.popleft()
                 continue
             if batch and size + len(request.inputs) > self._max_batch_size:
                 break
             batch.append(self._queue.popleft())
-            self._queued_items -= len(request.inputs)
+            self._stop_waiting(request)
             size += len(request.inputs)
         return batch
 

@@ -1,57 +1,49 @@
-"""Graceful shutdown of a model service: it keeps serving until the API has finished its requests in flight.
+"""Graceful shutdown of a model service: it keeps serving until the API process has finished and exited.
 
-BentoML's arbiter sends SIGTERM to every process at once. The API process then stops taking connections and finishes
-the requests it holds, but those still need the model services, which would otherwise stop at once and fail them.
-So a model service waits until no call has reached it for `idle_s` after the signal, then stops as uvicorn does.
+BentoML's arbiter sends SIGTERM to every worker at once. The API then stops taking connections and finishes the
+requests it holds, but those still need the model services, which would otherwise stop at once and fail them. So a
+model service goes on serving until no API worker is left beside it (or `max_wait_s` has passed), then stops as
+uvicorn does.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-
-@dataclass
-class Activity:
-    """The calls a process is serving, and when the last one ended."""
-
-    in_flight: int = 0
-    last_ended: float = field(default_factory=time.monotonic)
-
-    def quiet_since(self, moment: float) -> float:
-        """Seconds without a call since `moment` (0 while one is being served)."""
-        return 0.0 if self.in_flight else time.monotonic() - max(moment, self.last_ended)
+import psutil
 
 
-MODEL_SERVICE_ACTIVITY = Activity()
+def sibling_alive(service_name: str) -> Callable[[], bool]:
+    """Whether a worker of this process's arbiter (its parent) still serves `service_name`."""
 
-
-class ActivityMiddleware:
-    """Counts a model service's calls into `activity`."""
-
-    def __init__(self, app: ASGIApp, activity: Activity) -> None:
-        self.app = app
-        self.activity = activity
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.activity.in_flight += 1
+    def alive() -> bool:
         try:
-            await self.app(scope, receive, send)
-        finally:
-            self.activity.in_flight -= 1
-            self.activity.last_ended = time.monotonic()
+            siblings = psutil.Process(os.getppid()).children()
+        except psutil.Error:
+            return False
+        for process in siblings:
+            try:
+                command = process.cmdline()
+                if process.status() == psutil.STATUS_ZOMBIE or "--service-name" not in command:
+                    continue
+            except psutil.Error:  # it has just exited
+                continue
+            if command[command.index("--service-name") + 1] == service_name:
+                return True
+        return False
+
+    return alive
 
 
-def exit_when_idle(activity: Activity, idle_s: float, max_wait_s: float, applies: Callable[[], bool]) -> None:
-    """Makes this process's uvicorn act on SIGTERM (or SIGINT) only once `activity` has been quiet for `idle_s` since
-    the signal, or after `max_wait_s`, when `applies()` says so at the signal; a second signal stops it at once.
+def exit_after(api_alive: Callable[[], bool], max_wait_s: float, applies: Callable[[], bool]) -> None:
+    """Makes this process's uvicorn act on SIGTERM or SIGINT only once `api_alive()` is false, or after `max_wait_s`,
+    when `applies()` says so at the signal. While it waits, a repeated SIGTERM is ignored (the arbiter forwards the
+    signal that the whole process group already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second
+    Ctrl-C, stops it at once, as in uvicorn.
 
     uvicorn installs `Server.handle_exit` as the signal handler when it starts serving, before BentoML creates the
     service, so this must run when the service's module is imported, in every process; `applies` tells the model
@@ -60,22 +52,26 @@ def exit_when_idle(activity: Activity, idle_s: float, max_wait_s: float, applies
     import uvicorn
 
     stop_now = uvicorn.Server.handle_exit
-    if getattr(stop_now, "waits_for_idle", False):
+    if getattr(stop_now, "waits_for_the_api", False):
         return
 
-    def handle_exit(server: uvicorn.Server, sig, frame) -> None:
-        if getattr(server, "draining", False) or not applies():
+    def handle_exit(server: uvicorn.Server, sig: int, frame) -> None:
+        if not applies():
             stop_now(server, sig, frame)
+            return
+        if getattr(server, "draining", False):
+            if sig == signal.SIGINT:
+                stop_now(server, sig, frame)
             return
         server.draining = True
         signalled = time.monotonic()
 
-        def stop_when_idle() -> None:
-            while activity.quiet_since(signalled) < idle_s and time.monotonic() - signalled < max_wait_s:
-                time.sleep(0.05)
+        def stop_when_the_api_is_gone() -> None:
+            while api_alive() and time.monotonic() - signalled < max_wait_s:
+                time.sleep(0.1)
             stop_now(server, sig, frame)
 
-        threading.Thread(target=stop_when_idle, name="drain", daemon=True).start()
+        threading.Thread(target=stop_when_the_api_is_gone, name="drain", daemon=True).start()
 
-    handle_exit.waits_for_idle = True
+    handle_exit.waits_for_the_api = True
     uvicorn.Server.handle_exit = handle_exit

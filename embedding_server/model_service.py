@@ -70,6 +70,14 @@ def batched_forward(
     """A model service's queue: batches of whole requests through `forward` in the process's forward thread, each
     batch's size counted in the `model` series; the tests' faults, when their settings ask for them."""
 
+    if settings.test_forward_delay_s or settings.test_fail_batch_size:
+        logger.warning(
+            "%s model: faults injected (TEST_FORWARD_DELAY_S=%g, TEST_FAIL_BATCH_SIZE=%d): for tests only",
+            model,
+            settings.test_forward_delay_s,
+            settings.test_fail_batch_size,
+        )
+
     def counted(inputs):
         MODEL_BATCH_SIZE.labels(model).observe(len(inputs))
         if settings.test_forward_delay_s:

@@ -45,9 +45,6 @@ class Settings(BaseSettings):
     max_queued_items: int = Field(
         2048, ge=1, description="Items waiting for each model beyond those it computes; past it, 503 and Retry-After."
     )
-    shutdown_idle_s: float = Field(
-        1.0, gt=0, description="On SIGTERM a model service exits once it has had no request for this long."
-    )
     test_forward_delay_s: float = Field(0.0, ge=0, description="Tests only: seconds added to every forward pass.")
     test_fail_batch_size: int = Field(
         0, ge=0, description="Tests only: a forward pass of exactly this many items raises an error."
@@ -94,6 +91,15 @@ class Settings(BaseSettings):
     def _some_model_is_served(self) -> Settings:
         if not self.text_model_name and not self.image_model_name:
             raise ValueError("TEXT_MODEL_NAME and IMAGE_MODEL_NAME are both empty: nothing to serve")
+        return self
+
+    @model_validator(mode="after")
+    def _a_whole_request_fits_the_queue(self) -> Settings:
+        if self.max_queued_items < self.max_items_per_request:
+            raise ValueError(
+                f"MAX_QUEUED_ITEMS ({self.max_queued_items}) is below MAX_ITEMS_PER_REQUEST "
+                f"({self.max_items_per_request}): a full request could never wait for its turn"
+            )
         return self
 
     def threads_per_model(self) -> int:

@@ -195,3 +195,28 @@ def test_a_request_alone_may_exceed_the_queue_limit():
         assert len(await queue.submit([1, 2, 3, 4])) == 4
 
     asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_frees_its_place_at_once():
+    async def scenario():
+        release = asyncio.Event()
+
+        async def forward(inputs):
+            await release.wait()
+            return np.zeros((len(inputs), 1))
+
+        queue = BatchQueue(forward, max_batch_size=8, max_queued=3)
+        running = asyncio.ensure_future(queue.submit([1]))
+        await asyncio.sleep(0)
+        gives_up = asyncio.ensure_future(queue.submit([2, 3, 4]))
+        await asyncio.sleep(0)
+        assert queue.queued_items == 3
+        gives_up.cancel()  # its deadline passed, or its client left, while the model is still busy
+        await asyncio.sleep(0)
+        assert queue.queued_items == 0
+        replacement = asyncio.ensure_future(queue.submit([5, 6, 7]))  # not refused: the place is free
+        await asyncio.sleep(0)
+        release.set()
+        assert len(await replacement) == 3 and len(await running) == 1
+
+    asyncio.run(scenario())
