@@ -164,59 +164,49 @@ def test_callers_are_not_left_waiting_when_the_batch_is_cancelled():
 
 def test_a_full_queue_refuses_at_once_and_takes_again_once_drained():
     async def scenario():
-        release = asyncio.Event()
-
-        async def forward(inputs):
-            await release.wait()
-            return np.zeros((len(inputs), 1))
-
+        forward = GatedForward()
         queue = BatchQueue(forward, max_batch_size=8, max_queued=3)
         running = asyncio.ensure_future(queue.submit([1, 2]))  # taken at once: nothing waits
-        await asyncio.sleep(0)
+        await settle()
         waiting = asyncio.ensure_future(queue.submit([3, 4, 5]))  # three items wait
-        await asyncio.sleep(0)
+        await settle()
         with pytest.raises(QueueFull):
             await queue.submit([6])
         assert queue.queued_items == 3
-        release.set()
+        forward.gate.set()
         await asyncio.gather(running, waiting)
         assert queue.queued_items == 0
         assert len(await queue.submit([7])) == 1
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_request_alone_may_exceed_the_queue_limit():
     async def scenario():
-        async def forward(inputs):
-            return np.zeros((len(inputs), 1))
-
+        forward = GatedForward()
+        forward.gate.set()
         queue = BatchQueue(forward, max_batch_size=8, max_queued=2)
         assert len(await queue.submit([1, 2, 3, 4])) == 4
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_caller_that_gives_up_frees_its_place_at_once():
     async def scenario():
-        release = asyncio.Event()
-
-        async def forward(inputs):
-            await release.wait()
-            return np.zeros((len(inputs), 1))
-
+        forward = GatedForward()
         queue = BatchQueue(forward, max_batch_size=8, max_queued=3)
         running = asyncio.ensure_future(queue.submit([1]))
-        await asyncio.sleep(0)
+        await settle()
         gives_up = asyncio.ensure_future(queue.submit([2, 3, 4]))
-        await asyncio.sleep(0)
+        await settle()
         assert queue.queued_items == 3
         gives_up.cancel()  # its deadline passed, or its client left, while the model is still busy
-        await asyncio.sleep(0)
+        await settle()
         assert queue.queued_items == 0
         replacement = asyncio.ensure_future(queue.submit([5, 6, 7]))  # not refused: the place is free
-        await asyncio.sleep(0)
-        release.set()
+        await settle()
+        forward.gate.set()
         assert len(await replacement) == 3 and len(await running) == 1
+        assert forward.batches == [[1], [5, 6, 7]]  # the three that were given up were never computed
 
-    asyncio.run(scenario())
+    run(scenario())
