@@ -19,7 +19,7 @@ import psutil
 
 from embedding_server.batching import QueueFull
 from embedding_server.errors import ApiError, ErrorCode
-from embedding_server.image_urls import fetch_image, looks_like_url
+from embedding_server.image_urls import ImageFetcher, looks_like_url
 from embedding_server.images import decode_image
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.observability import IMAGE_DECODE_SECONDS, ITEM_ERRORS, TEXTS_TRUNCATED, record_items
@@ -183,6 +183,7 @@ class Embedder:
             if model.path is not None and model.problem is None
         }
         self.preprocessor = ImagePreprocessor.from_dir(image.path) if image.path else None
+        self.fetcher = ImageFetcher(settings)
         self.started = time.monotonic()
 
     # --- routes -----------------------------------------------------------------------------------------------
@@ -318,12 +319,15 @@ class Embedder:
         return tokenized
 
     async def _prepare_images(self, images: Sequence[str | bytes]) -> np.ndarray:
+        """The images' pixels: URLs fetched first, all at once, in the fetch pool (the first refusal fails the
+        request), then every image decoded in a worker thread."""
         self.image.require()
-        return await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(images)]))
+        fetched = await self.fetcher.fetch(url_contents(images, range(len(images))), fail_fast=True)
+        contents = [fetched.get(i, content) for i, content in enumerate(images)]
+        return await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(contents)]))
 
     def _prepare_image(self, content: str | bytes, index: int) -> np.ndarray:
-        if isinstance(content, str) and looks_like_url(content):  # fetched here, in the worker thread
-            content = fetch_image(content, self.settings, index)
+        """Decoded and pre-processed; image URLs have been fetched before (`ImageFetcher`), off this thread."""
         started = time.perf_counter()
         image = decode_image(
             content, self.settings.max_image_bytes, self.settings.max_image_pixels, index, self.preprocessor.size
@@ -359,13 +363,22 @@ class Embedder:
         """Embeds one modality's items of a batch; an item that fails gets its error in its place, the rest go on."""
         if not indexes:
             return
+        fetched: dict[int, bytes | ApiError] = {}
+        if model.modality is Modality.IMAGE and model.problem is None and model.enabled:
+            # Fetched first, all at once; a URL that fails fails its item only.
+            fetched = await self.fetcher.fetch(
+                url_contents([items[i].content for i in indexes], indexes), fail_fast=False
+            )
 
         def prepare_all() -> tuple[list[int], list[object]]:
             ready, inputs = [], []
             for index in indexes:
                 try:
                     model.require(index)
-                    inputs.append(prepare(items[index].content, index))
+                    content = fetched.get(index, items[index].content)
+                    if isinstance(content, ApiError):
+                        raise content
+                    inputs.append(prepare(content, index))
                     ready.append(index)
                 except ApiError as error:
                     results[index] = failed_item(items[index], error)
@@ -382,6 +395,15 @@ class Embedder:
             return
         for index, vector in zip(ready, encode_vectors(vectors, encoding), strict=True):
             results[index] = BatchResult(id=items[index].id, embedding=vector)
+
+
+def url_contents(contents: Sequence[str | bytes], indexes: Sequence[int]) -> dict[int, str]:
+    """The contents that are URLs (to fetch), by their item's index."""
+    return {
+        index: content
+        for index, content in zip(indexes, contents, strict=True)
+        if isinstance(content, str) and looks_like_url(content)
+    }
 
 
 def reject_duplicate_ids(items: Sequence[BatchItem]) -> None:

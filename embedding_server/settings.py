@@ -75,7 +75,14 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds an image fetch waits to connect, and for each read of the answer."
     )
     image_fetch_deadline_s: float = Field(
-        20.0, gt=0, description="Seconds a whole image fetch may take, DNS and redirects included."
+        20.0,
+        gt=0,
+        description="Seconds a whole image fetch may take: DNS, redirects, TLS, status line, headers and body.",
+    )
+    image_fetch_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Image URLs fetched at once by each API worker, in threads of their own; more wait their turn.",
     )
 
     @property

@@ -3,6 +3,8 @@ server, and every route through a real server that fetches from it, each refusal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.server
 import shutil
 import socket
@@ -10,7 +12,9 @@ import ssl
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +23,14 @@ from conftest import data_url, image_bytes, start_server, stop_server
 
 from embedding_server import image_urls
 from embedding_server.errors import ApiError
-from embedding_server.image_urls import fetch_image, is_public_address, looks_like_url, normalize_host
+from embedding_server.image_urls import ImageFetcher, fetch_image, is_public_address, looks_like_url, normalize_host
 from embedding_server.settings import Settings
 
 PNG = image_bytes("PNG", (64, 48), color=(20, 120, 220))
 MAX_IMAGE_BYTES = 300_000  # conftest's TEST_LIMITS
 BIG = b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_IMAGE_BYTES + 100_000)
+HITS: Counter[str] = Counter()
+"""Requests for /counted/NAME, by NAME."""
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,6 +78,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(PNG)))
             self.end_headers()
             self._write_slowly(PNG, chunk=1, pause=0.2)
+        elif path == "/header-drip":  # the status line, then a header byte every 0.5 s: only the deadline stops it
+            self._write(b"HTTP/1.1 200 OK\r\n")
+            self._write_slowly(b"X-Drip: " + b"a" * 400, chunk=1, pause=0.5)
+        elif path.startswith("/counted/"):
+            HITS[path.rsplit("/", 1)[1]] += 1
+            self._send(200, PNG, "image/png")
         elif path == "/gzip":
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -309,6 +321,76 @@ def test_timeouts_and_the_deadline(remote):
     assert (error.code.value, error.status) == ("image_fetch_failed", 502) and "refused" in error.message
 
 
+def test_the_deadline_covers_the_status_line_and_headers(remote):
+    """Each header byte comes inside the 1 s read timeout: the 2 s deadline must still end the fetch."""
+    started = time.monotonic()
+    error = refusal(
+        lambda: fetch_image(
+            f"http://localhost:{remote}/header-drip",
+            settings(image_fetch_timeout_s=1.0, image_fetch_deadline_s=2.0),
+            4,
+        )
+    )
+    elapsed = time.monotonic() - started
+    assert (error.code.value, error.index, error.status) == ("image_fetch_failed", 4, 502), error.message
+    assert "longer than 2 s" in error.message
+    assert 1.9 < elapsed < 2 + 1.5
+
+
+def test_sni_and_the_certificate_check_use_the_idna_host():
+    target = image_urls._parse("https://B\u00fccher.example:8443/a.png", 0, redirected=False)
+    assert (target.host, target.ascii_host, target.host_header) == (
+        "b\u00fccher.example",
+        "xn--bcher-kva.example",
+        "xn--bcher-kva.example:8443",
+    )
+    target = image_urls._parse("https://[::1]/a.png", 0, redirected=False)
+    assert (target.ascii_host, target.host_header) == ("::1", "[::1]")
+
+
+def test_a_request_fetches_its_urls_at_once_and_stops_them_when_it_fails_or_ends(remote):
+    """A cancelled request (its deadline, its client gone) stops its fetch under way and drops the one still queued
+    (one fetch thread); with two, a failing URL fails the request at once (fail_fast), stopping the dripping one,
+    and in /embed/batch's mode each URL gets its own result."""
+    fetcher = ImageFetcher(settings(image_fetch_concurrency=1, image_fetch_deadline_s=30.0, image_fetch_timeout_s=5.0))
+    drip, missing = f"http://localhost:{remote}/header-drip", f"http://localhost:{remote}/missing"
+
+    async def cancelled() -> float:
+        task = asyncio.ensure_future(
+            fetcher.fetch({0: drip, 1: f"http://localhost:{remote}/counted/queued"}, fail_fast=False)
+        )
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        started = time.monotonic()  # the one thread is free at once: the drip was stopped, not left to its 30 s
+        assert await fetcher.fetch({2: f"http://localhost:{remote}/img.png"}, fail_fast=True) == {2: PNG}
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(cancelled()) < 1.0
+        assert HITS["queued"] == 0  # never started
+    finally:
+        fetcher.close()
+
+    fetcher = ImageFetcher(settings(image_fetch_concurrency=2, image_fetch_deadline_s=30.0, image_fetch_timeout_s=5.0))
+
+    async def fail_fast() -> float:
+        started = time.monotonic()
+        with pytest.raises(image_urls.ApiError) as caught:
+            await fetcher.fetch({0: drip, 1: missing}, fail_fast=True)
+        assert (caught.value.code.value, caught.value.index) == ("image_fetch_failed", 1)
+        assert await fetcher.fetch({2: f"http://localhost:{remote}/img.png"}, fail_fast=True) == {2: PNG}
+        results = await fetcher.fetch({0: f"http://localhost:{remote}/img.png", 1: missing}, fail_fast=False)
+        assert results[0] == PNG and results[1].index == 1 and "HTTP 404" in results[1].message
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(fail_fast()) < 1.5
+    finally:
+        fetcher.close()
+
+
 class socket_closed_port:  # noqa: N801 - used as a context manager
     """A port on 127.0.0.1 that nothing listens on."""
 
@@ -437,6 +519,24 @@ def test_server_batch_fails_only_the_bad_url(url_server, remote):
     assert results[1]["error"]["code"] == "image_url_not_allowed"
     assert results[3]["error"]["code"] == "image_fetch_failed"
     assert response.json()["metadata"]["failed"] == 2
+
+
+def test_slow_urls_do_not_hold_the_text_routes(url_server, remote):
+    """8 requests of 2 dripping URLs each (16 fetches, 3 s each, for 8 fetch threads): a text request still answers
+    at once, since fetches no longer wait in the API's shared worker threads; each URL request answers, 502."""
+    urls = [f"http://localhost:{remote}/header-drip", f"http://localhost:{remote}/drip"]
+    with ThreadPoolExecutor(8) as clients:
+        started = time.monotonic()
+        slow = [clients.submit(url_server.post, "/embed/image", json={"images": urls}) for _ in range(8)]
+        time.sleep(1.0)  # all in flight, every fetch thread busy
+        assert not any(future.done() for future in slow)
+        text_started = time.monotonic()
+        response = url_server.post("/embed/text", json={"texts": ["still answered"]})
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - text_started < 2
+        for future in slow:
+            assert future.result().status_code in (502, 504), future.result().text
+    assert time.monotonic() - started < 15  # two rounds of 3 s deadlines, not a hang
 
 
 def test_the_openapi_document_mentions_urls_only_when_on(url_server, server):
