@@ -34,7 +34,13 @@ from embedding_server.deadline import RequestDeadlineMiddleware
 from embedding_server.draining import exit_after, sibling_alive
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
-from embedding_server.model_service import RUNNER_CONNECTION, batched_forward, load_encoder, remote_client
+from embedding_server.model_service import (
+    RUNNER_CONNECTION,
+    LoadedOnFirstUse,
+    batched_forward,
+    load_encoder,
+    remote_client,
+)
 from embedding_server.model_store import Modality, bento_model_reference
 from embedding_server.observability import BENTOML_ENDPOINT_LOGGER, ClientErrorTracebacks, RequestLogMiddleware
 from embedding_server.openai_compat import OpenAIEmbeddings
@@ -122,11 +128,15 @@ class ImageModel:
             self.batches = batched_forward(
                 "image", self.encoder.embed_pixels, thread, settings.image_max_batch_size, settings
             )
-            self.text_encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings)
-            if self.text_encoder is not None:
-                self.text_batches = batched_forward(
-                    "image_text", self.text_encoder.embed_token_ids, thread, settings.text_max_batch_size, settings
-                )
+            self.text_batches = LoadedOnFirstUse(
+                lambda: load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings),
+                lambda text_encoder: batched_forward(
+                    "image_text", text_encoder.embed_token_ids, thread, settings.text_max_batch_size, settings
+                ),
+                thread,
+            )
+            if settings.clip_text_tower == "eager":
+                self.text_batches.preload()
 
     @bentoml.api
     async def embed(self, pixels: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 Inputs = TypeVar("Inputs", list, np.ndarray)
+Result = TypeVar("Result")
 
 
 class _Request(Generic[Inputs]):
@@ -137,9 +138,13 @@ class ForwardThread:
         """The blocking `forward` as a coroutine function that runs it in this thread."""
 
         async def run(inputs: Inputs) -> np.ndarray:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, forward, inputs)
+            return await self.call(forward, inputs)
 
         return run
+
+    async def call(self, function: Callable[..., Result], *args: object) -> Result:
+        """`function(*args)` in this thread: after the forward passes already running, never beside them."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
 
 def combine(parts: Sequence[Inputs]) -> Inputs:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from embedding_server.batching import BatchQueue, ForwardThread
 from embedding_server.core import ModelClient, ModelFailed, ModelUnavailable
@@ -53,10 +53,11 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
         logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
         return None
     logger.info(
-        "%s model %s (%s) loaded: %s on %s, %s threads",
+        "%s model %s (%s) loaded as %s: %s on %s, %s threads",
         modality.value,
         model_id,
         stored.tag,
+        type(encoder).__name__,
         runtime.backend,
         runtime.device,
         runtime.threads,
@@ -87,6 +88,36 @@ def batched_forward(
         return forward(inputs)
 
     return BatchQueue(thread.runs(counted), max_batch_size)
+
+
+class LoadedOnFirstUse:
+    """A model service's queue for an encoder that is loaded by the first call that needs it (in the forward thread,
+    so that no pass runs beside the loading), so that a model nobody calls costs no memory. `preload()` loads it now,
+    for a server that must not make its first caller wait."""
+
+    def __init__(self, load: Callable[[], Any], queue_for: Callable[[Any], BatchQueue], thread: ForwardThread) -> None:
+        self._load = load
+        self._queue_for = queue_for
+        self._thread = thread
+        self._queue: BatchQueue | None = None
+        self._loading = asyncio.Lock()
+
+    async def submit(self, inputs: Any) -> Any:
+        if self._queue is None:
+            async with self._loading:
+                if self._queue is None:
+                    self._queue = self._queue_for_loaded(await self._thread.call(self._load))
+        return await self._queue.submit(inputs)
+
+    def preload(self) -> None:
+        encoder = self._load()
+        if encoder is not None:  # else the first call tries again, and answers 503 if it fails too
+            self._queue = self._queue_for(encoder)
+
+    def _queue_for_loaded(self, encoder: Any) -> BatchQueue:
+        if encoder is None:  # load_encoder logged why
+            raise ServiceUnavailable("the model cannot be loaded; the server's log says why")
+        return self._queue_for(encoder)
 
 
 def remote_client(proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed") -> ModelClient:

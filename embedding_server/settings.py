@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_queued_items: int = Field(
         2048, ge=1, description="Items waiting for each model beyond those it computes; past it, 503 and Retry-After."
     )
+    clip_text_tower: Literal["lazy", "eager"] = Field(
+        "lazy",
+        description="When CLIP's text tower (/embed/image-text, /classify/image) is loaded: at its first call, so that "
+        "a server that never uses it does not hold its ~190 MB, or at start.",
+    )
     test_forward_delay_s: float = Field(0.0, ge=0, description="Tests only: seconds added to every forward pass.")
     test_fail_batch_size: int = Field(
         0, ge=0, description="Tests only: a forward pass of exactly this many items raises an error."

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import data_url
+from conftest import data_url, start_server, stop_server
 from PIL import Image
 from test_http_api import error_of
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
@@ -110,3 +110,18 @@ def test_classify_image_top_k(server):
 )
 def test_classify_image_bad_input_is_a_named_4xx(server, body, code, index):
     error_of(server.post("/classify/image", json=body), 422, code, index)
+
+
+@pytest.mark.parametrize("when", ["lazy", "eager"])
+def test_the_text_tower_is_loaded_when_the_setting_says(model_store, tmp_path, when):
+    """Lazy (the default): a server that never embeds text into the image space does not hold the tower's memory."""
+
+    server = start_server(model_store, tmp_path / "tower.log", TEXT_MODEL_NAME="", CLIP_TEXT_TOWER=when)
+    try:
+        assert server.post("/embed/image", json={"images": [png_data_url(noise_images(1)[0])]}).status_code == 200
+        assert ("loaded as ClipTextEncoder" in server.log.read_text()) == (when == "eager")
+        response = server.post("/embed/image-text", json={"texts": ["a photo of a cat"]})
+        assert response.status_code == 200, response.text
+        assert server.log.read_text().count("loaded as ClipTextEncoder") == 1
+    finally:
+        stop_server(server)
