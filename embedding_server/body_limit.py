@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.errors import ApiError, ErrorCode, openai_route
 
 
 class BodyLimitMiddleware:
@@ -60,4 +60,4 @@ class BodyLimitMiddleware:
         error = ApiError(
             ErrorCode.REQUEST_TOO_LARGE, f"request body is over {self.max_bytes} bytes (MAX_REQUEST_BYTES)"
         )
-        await error.to_response(openai=scope["path"].startswith("/v1/"))(scope, receive, send)
+        await error.to_response(openai=openai_route(scope["path"]))(scope, receive, send)

@@ -7,7 +7,7 @@ import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.errors import ApiError, ErrorCode, openai_route
 from embedding_server.observability import record_error
 
 CLIENT_CLOSED_REQUEST = 499
@@ -72,7 +72,7 @@ class RequestDeadlineMiddleware:
         error = ApiError(
             ErrorCode.REQUEST_TIMEOUT, f"the request took more than {self.timeout_s:g} s (REQUEST_TIMEOUT_S)"
         )
-        await error.to_response(openai=scope["path"].startswith("/v1/"))(scope, receive, send)
+        await error.to_response(openai=openai_route(scope["path"]))(scope, receive, send)
 
     @staticmethod
     async def _client_gone(receive: Receive, body_read: asyncio.Event) -> None:

@@ -105,7 +105,12 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-_OPENAI_TYPES = {HTTPStatus.UNAUTHORIZED: "authentication_error", HTTPStatus.NOT_FOUND: "invalid_request_error"}
+_OPENAI_TYPES = {HTTPStatus.UNAUTHORIZED: "authentication_error"}
+
+
+def openai_route(path: str) -> bool:
+    """Whether `path` is one of the OpenAI-compatible routes, whose errors take OpenAI's body."""
+    return path.startswith("/v1/")
 
 
 # pydantic's error types, as BentoML reports them when a body does not fit the schema, and the code each one means.

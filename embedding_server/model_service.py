@@ -106,18 +106,16 @@ class LoadedOnFirstUse:
         if self._queue is None:
             async with self._loading:
                 if self._queue is None:
-                    self._queue = self._queue_for_loaded(await self._thread.call(self._load))
+                    encoder = await self._thread.call(self._load)
+                    if encoder is None:  # load_encoder logged why
+                        raise ServiceUnavailable("the model cannot be loaded; the server's log says why")
+                    self._queue = self._queue_for(encoder)
         return await self._queue.submit(inputs)
 
     def preload(self) -> None:
         encoder = self._load()
         if encoder is not None:  # else the first call tries again, and answers 503 if it fails too
             self._queue = self._queue_for(encoder)
-
-    def _queue_for_loaded(self, encoder: Any) -> BatchQueue:
-        if encoder is None:  # load_encoder logged why
-            raise ServiceUnavailable("the model cannot be loaded; the server's log says why")
-        return self._queue_for(encoder)
 
 
 def remote_client(proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed") -> ModelClient:

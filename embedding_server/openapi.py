@@ -24,7 +24,7 @@ from typing import Any
 from _bentoml_sdk.service.openapi import REF_TEMPLATE
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from embedding_server.errors import STATUS, ErrorCode
+from embedding_server.errors import STATUS, ErrorCode, openai_route
 from embedding_server.schemas import HealthResponse, OpenAIModelList
 
 DOCUMENT_PATH = "/docs.json"
@@ -104,8 +104,8 @@ def document(service: Any) -> dict[str, Any]:
         ok = {str(status): response for status, response in operation["responses"].items()}["200"]
         for media in ok.get("content", {}).values():
             _unflatten(media["schema"], api.output_spec, "serialization", schemas)
-        openai = api.route.startswith("/v1/")
-        operation["responses"] = {"200": ok, **error_responses("OpenAIErrorResponse" if openai else "ErrorResponse")}
+        errors = "OpenAIErrorResponse" if openai_route(api.route) else "ErrorResponse"
+        operation["responses"] = {"200": ok, **error_responses(errors)}
     _add_uploads(spec["paths"])
     _add_get_routes(spec["paths"], schemas)
     if "/readyz" in spec["paths"]:
@@ -115,12 +115,18 @@ def document(service: Any) -> dict[str, Any]:
 
 def _unflatten(schema: dict[str, Any], model: Any, mode: str, schemas: dict[str, Any]) -> None:
     """The fields of `schema` as pydantic describes them, every member of a union included."""
-    full = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
-    for name, definition in full.pop("$defs", {}).items():
-        schemas.setdefault(name, definition)
+    full = _model_schema(model, mode, schemas)
     schema["properties"] = full.get("properties", {})
     if full.get("required"):
         schema["required"] = full["required"]
+
+
+def _model_schema(model: Any, mode: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """`model`'s JSON schema, the models it refers to added to the document's `schemas`."""
+    full = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
+    for name, definition in full.pop("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    return full
 
 
 def _add_uploads(paths: dict[str, Any]) -> None:
@@ -158,10 +164,7 @@ def _add_uploads(paths: dict[str, Any]) -> None:
 def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
     """The GET routes that service.py mounts as a Starlette app, which BentoML does not document."""
     for model in (HealthResponse, OpenAIModelList):
-        full = model.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
-        for name, definition in full.pop("$defs", {}).items():
-            schemas.setdefault(name, definition)
-        schemas[model.__name__] = full
+        schemas[model.__name__] = _model_schema(model, "serialization", schemas)
     health = {"content": {_JSON: {"schema": _ref("HealthResponse")}}}
     paths["/health"] = {
         "get": {

@@ -66,7 +66,7 @@ class EmbedBatchRequest(RequestBody):
 
 class ClassifyImageRequest(RequestBody):
     images: list[str] = ImageList
-    labels: list[Annotated[str, Field(max_length=_settings.max_text_chars)]] = Field(
+    labels: list[Text] = Field(
         min_length=1,
         max_length=_settings.max_items_per_request,
         description='Candidate labels, compared with each image as CLIP does; prompts such as "a photo of a cat" '
