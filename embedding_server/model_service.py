@@ -46,7 +46,11 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
     path = Path(stored.path)
     try:
         runtime = Runtime.choose(
-            settings.device, settings.backend, settings.threads_per_model(), has_onnx=(path / ONNX_FILE).is_file()
+            settings.device,
+            settings.backend,
+            settings.threads_per_model(),
+            has_onnx=(path / ONNX_FILE).is_file(),
+            has_pytorch_weights=stored.info.metadata.get("pytorch_weights", True),
         )
         encoder = loader(path, runtime)
     except Exception:

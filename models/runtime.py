@@ -22,19 +22,37 @@ class Runtime:
     """CPU threads of the model's intra-op pool; 0 leaves the library's default."""
 
     @classmethod
-    def choose(cls, device: str = "auto", backend: str = "auto", threads: int = 0, has_onnx: bool = False) -> Runtime:
+    def choose(
+        cls,
+        device: str = "auto",
+        backend: str = "auto",
+        threads: int = 0,
+        has_onnx: bool = False,
+        has_pytorch_weights: bool = True,
+    ) -> Runtime:
         """On a GPU torch in fp16; on the CPU ONNX Runtime when the model has an export (backend "auto"), else torch.
+        A model stored with its ONNX export alone runs on ONNX Runtime on the CPU, and torch is not even asked
+        whether a GPU is there.
 
-        Raises ValueError for a combination that cannot run: ONNX on the GPU, or ONNX for a model without an export.
+        Raises ValueError for a combination that cannot run: ONNX on the GPU, ONNX for a model without an export,
+        torch for a model without PyTorch weights.
         """
-        on_gpu = device == "cuda" or (device == "auto" and gpu_visible())
+        on_gpu = device == "cuda" or (device == "auto" and has_pytorch_weights and gpu_visible())
         if backend == "onnx" and on_gpu:
             raise ValueError("the ONNX backend runs on the CPU only; use BACKEND=torch (or auto) on a GPU")
         if backend == "onnx" and not has_onnx:
             raise ValueError("the model has no ONNX export; import it again with import_models.py --force")
-        if on_gpu:
-            return cls("torch", "cuda", threads)
-        return cls("onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch", "cpu", threads)
+        chosen = cls(
+            "torch" if on_gpu else "onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch",
+            "cuda" if on_gpu else "cpu",
+            threads,
+        )
+        if chosen.backend == "torch" and not has_pytorch_weights:
+            raise ValueError(
+                "the model was stored with its ONNX export alone (import_models.py --onnx-only), which runs on the "
+                "CPU with BACKEND=auto or onnx; import it without --onnx-only for torch or a GPU"
+            )
+        return chosen
 
 
 def gpu_visible() -> bool:

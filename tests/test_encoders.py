@@ -185,6 +185,17 @@ def test_runtime_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="CPU only"):
         Runtime.choose("cuda", "onnx", has_onnx=True)
     assert Runtime.choose("cuda", "auto", has_onnx=True) == Runtime("torch", "cuda")
+    for device, backend in (("cpu", "torch"), ("cuda", "auto")):
+        with pytest.raises(ValueError, match="--onnx-only"):
+            Runtime.choose(device, backend, has_onnx=True, has_pytorch_weights=False)
+
+
+def test_a_model_without_pytorch_weights_runs_on_onnx_without_asking_torch(monkeypatch):
+    def no_torch_here():
+        raise AssertionError("gpu_visible() imports torch")
+
+    monkeypatch.setattr("models.runtime.gpu_visible", no_torch_here)
+    assert Runtime.choose("auto", "auto", 2, has_onnx=True, has_pytorch_weights=False) == Runtime("onnx", "cpu", 2)
 
 
 def photo_like_jpeg(size: tuple[int, int]) -> str:

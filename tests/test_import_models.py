@@ -34,6 +34,21 @@ def test_second_run_imports_nothing_and_force_imports_again(tmp_path, clip_dir):
     )
 
 
+def test_onnx_only_stores_the_checked_exports_without_pytorch_weights(tmp_path, clip_dir):
+    result = run_import(tmp_path, "--onnx-only", "--text-source", str(TEXT_SOURCE), "--image-source", str(clip_dir))
+    assert result.returncode == 0, result.stderr
+    for name, exports in (
+        ("sentence-transformers--all-minilm-l6-v2", {"model.onnx"}),
+        ("openai--clip-vit-base-patch32", {"model.onnx", "text_model.onnx"}),
+    ):
+        [model_dir] = [d for d in (tmp_path / "models" / name).iterdir() if d.is_dir()]
+        assert not list(model_dir.glob("*.safetensors")) and not list(model_dir.glob("*.bin"))
+        assert {f.name for f in (model_dir / "onnx").iterdir()} >= exports
+        assert (model_dir / "tokenizer.json").is_file()
+        metadata = stored_metadata(tmp_path, name)
+        assert metadata["onnx"] is True and metadata["pytorch_weights"] is False
+
+
 def test_offline_text_import_falls_back_to_the_bundled_package(tmp_path):
     result = run_import(tmp_path, env={"IMAGE_MODEL_NAME": ""})
     assert result.returncode == 0, result.stderr
