@@ -6,9 +6,9 @@ export BENTOML_DO_NOT_TRACK ?= true
 export HF_HUB_ETAG_TIMEOUT ?= 10
 export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
-.PHONY: install serve test bench soak lint build clean
+.PHONY: install system-packages serve test bench soak lint build container replicas-demo clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-client.txt
+$(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt requirements-client.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -16,13 +16,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-client.tx
 
 install: $(VENV)/.installed
 
+# HAProxy, buildah, podman and mmdebstrap from Debian's packages, when missing (as root).
+system-packages:
+	deploy/system-packages.sh
+
 # A model that cannot be imported (CLIP without hub access) is reported and leaves its routes answering 503;
 # the server starts all the same, hence the leading '-'.
 serve: install
 	-$(PY) import_models.py
 	$(VENV)/bin/bentoml serve .
 
-test: install
+test: install system-packages
 	$(VENV)/bin/pytest
 
 # Raw encoders against the real server under load, in one run: bench/results/<cpu|gpu>.{md,json,png}.
@@ -38,9 +42,19 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The GPU Bento (bentofile.yaml): `bentoml containerize embedding-server:latest` on a machine with Docker.
 build: install
 	$(PY) import_models.py
 	$(VENV)/bin/bentoml build .
 
+# The CPU image embedding-server:cpu (and :<bento version>) from the models in the store (deploy/image.py).
+container: install system-packages
+	$(PY) import_models.py
+	$(PY) -m deploy.image build
+
+# Two replicas behind HAProxy: one killed during a bulk run, then a rolling restart under load (deploy/replicas.py).
+replicas-demo: install system-packages
+	$(PY) -m deploy.replicas
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

@@ -31,7 +31,7 @@ from embedding_server.batching import ForwardThread
 from embedding_server.body_limit import BodyLimitMiddleware
 from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.deadline import RequestDeadlineMiddleware
-from embedding_server.draining import exit_after, sibling_alive
+from embedding_server.draining import after, api_gone_or_after, delay_exit, shutdown_requested, sibling_alive
 from embedding_server.errors import ApiError
 from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import (
@@ -155,7 +155,7 @@ class ImageModel:
 
 
 async def health(_: Request) -> JSONResponse:
-    report = await bentoml.get_current_service().embedder.health()
+    report = await bentoml.get_current_service().embedder.health(stopping=shutdown_requested.is_set())
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
 
 
@@ -240,7 +240,7 @@ class EmbeddingAPI:
         return await answer(self.openai.embeddings(OpenAIEmbeddingRequest.model_construct(**request)), openai=True)
 
     async def __is_ready__(self) -> bool:
-        return (await self.embedder.health()).status == "ok"
+        return not shutdown_requested.is_set() and (await self.embedder.health()).status == "ok"
 
 
 async def answer(work, openai: bool = False):
@@ -272,9 +272,14 @@ EmbeddingAPI.add_asgi_middleware(
 )
 # /docs.json: BentoML's OpenAPI document with this API's error bodies, unions, GET routes and uploads.
 EmbeddingAPI.add_asgi_middleware(OpenAPIDocumentMiddleware, service=EmbeddingAPI)
-# On SIGTERM a model service serves until the API has finished its requests and exited (draining.py).
-exit_after(
-    sibling_alive(API_SERVICE_NAME),
-    max_wait_s=settings.request_timeout_s + 5,
-    applies=lambda: server_context.service_type == "service",  # a model service, not the API ("entry_service")
-)
+
+
+def stop_condition():
+    """On SIGTERM the API stays up, not ready, for SHUTDOWN_DELAY_S; a model service serves until the API has finished
+    its requests and exited (draining.py)."""
+    if server_context.service_type == "service":  # a model service, not the API ("entry_service")
+        return api_gone_or_after(sibling_alive(API_SERVICE_NAME), settings.shutdown_delay_s + TRAFFIC["timeout"])
+    return after(settings.shutdown_delay_s)
+
+
+delay_exit(stop_condition)

@@ -1,6 +1,6 @@
 """Closed-loop HTTP load on one route, run as its own process so that the client's CPU is not the harness's.
 
-    python -m bench.load --url http://127.0.0.1:3002 --route text --texts 8 --clients 32 --seconds 10 --data DIR
+    python -m bench.load --url http://127.0.0.1:3000 --route text --texts 8 --clients 32 --seconds 10 --data DIR
 
 C clients each send their next request as soon as their previous answer arrives, for D seconds; then no new
 request is sent and those in flight finish. Prints one JSON object (see `LoadResult`) on stdout.
@@ -163,7 +163,7 @@ async def drive(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:3002")
+    parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:3000")
     parser.add_argument("--route", choices=ROUTES, required=True)
     parser.add_argument("--texts", type=int, default=0, help="texts per request")
     parser.add_argument("--images", type=int, default=0, help="images per request")

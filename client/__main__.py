@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     command = commands.add_parser("embed", help="embed a folder's text and image files into a Parquet file")
     command.set_defaults(command=embed)
     command.add_argument("folder", type=Path, metavar="DIR")
-    command.add_argument("--server", required=True, help="the server's URL, e.g. http://localhost:3002")
+    command.add_argument("--server", required=True, help="the server's URL, e.g. http://localhost:3000")
     command.add_argument("--out", type=Path, required=True, help="the Parquet file, created or resumed")
     command.add_argument(
         "--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE, help="files per request (default %(default)s)"

@@ -275,11 +275,12 @@ class Embedder:
             ),
         )
 
-    async def health(self) -> HealthResponse:
+    async def health(self, stopping: bool = False) -> HealthResponse:
+        """`stopping`: the server has been asked to stop and is finishing its requests."""
         models = [m for m in (self.text, self.image) if m.enabled]
         healthy = await asyncio.gather(*(m.is_healthy() for m in models))
         return HealthResponse(
-            status="ok" if all(healthy) else "unavailable",
+            status="stopping" if stopping else "ok" if all(healthy) else "unavailable",
             models={m.modality.value: ok for m, ok in zip(models, healthy, strict=True)},
             problems={
                 m.modality.value: m.problem or "model service is not answering"

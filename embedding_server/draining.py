@@ -1,9 +1,11 @@
-"""Graceful shutdown of a model service: it keeps serving until the API process has finished and exited.
+"""Graceful shutdown: the API turns not ready before it stops taking connections, and a model service keeps serving
+until the API process has finished and exited.
 
-BentoML's arbiter sends SIGTERM to every worker at once. The API then stops taking connections and finishes the
-requests it holds, but those still need the model services, which would otherwise stop at once and fail them. So a
-model service goes on serving until no API worker is left beside it (or `max_wait_s` has passed), then stops as
-uvicorn does.
+BentoML's arbiter sends SIGTERM to every worker at once. The API first reports itself not ready (/readyz 503) for
+SHUTDOWN_DELAY_S while it still serves, so that a load balancer polling /readyz stops sending it requests, then stops
+taking connections and finishes the requests it holds. Those still need the model services, which would otherwise
+stop at once and fail them, so a model service goes on serving until no API worker is left beside it (or a
+deadline has passed), then stops as uvicorn does.
 """
 
 from __future__ import annotations
@@ -39,39 +41,57 @@ def sibling_alive(service_name: str) -> Callable[[], bool]:
     return alive
 
 
-def exit_after(api_alive: Callable[[], bool], max_wait_s: float, applies: Callable[[], bool]) -> None:
-    """Makes this process's uvicorn act on SIGTERM or SIGINT only once `api_alive()` is false, or after `max_wait_s`,
-    when `applies()` says so at the signal. While it waits, a repeated SIGTERM is ignored (the arbiter forwards the
-    signal that the whole process group already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second
-    Ctrl-C, stops it at once, as in uvicorn.
+shutdown_requested = threading.Event()
+"""Set at this process's first SIGTERM or SIGINT: from then on the API reports itself not ready."""
+
+
+def delay_exit(stop_condition: Callable[[], Callable[[], bool]]) -> None:
+    """Makes this process's uvicorn act on SIGTERM or SIGINT only once the condition that `stop_condition()` gives at
+    the signal is true (it is polled every 0.1 s); until then the process serves as before, and
+    `shutdown_requested` is set. While it waits, a repeated SIGTERM is ignored (the arbiter forwards the signal that
+    the whole process group already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second Ctrl-C, stops
+    it at once, as in uvicorn.
 
     uvicorn installs `Server.handle_exit` as the signal handler when it starts serving, before BentoML creates the
-    service, so this must run when the service's module is imported, in every process; `applies` tells the model
-    services from the API at the signal.
+    service, so this must run when the service's module is imported, in every process; `stop_condition` tells the
+    model services from the API at the signal.
     """
     import uvicorn
 
     stop_now = uvicorn.Server.handle_exit
-    if getattr(stop_now, "waits_for_the_api", False):
+    if getattr(stop_now, "delays_exit", False):
         return
 
     def handle_exit(server: uvicorn.Server, sig: int, frame) -> None:
-        if not applies():
-            stop_now(server, sig, frame)
-            return
-        if getattr(server, "draining", False):
+        if shutdown_requested.is_set():
             if sig == signal.SIGINT:
                 stop_now(server, sig, frame)
             return
-        server.draining = True
-        signalled = time.monotonic()
+        shutdown_requested.set()
+        may_stop = stop_condition()
+        if may_stop():
+            stop_now(server, sig, frame)
+            return
 
-        def stop_when_the_api_is_gone() -> None:
-            while api_alive() and time.monotonic() - signalled < max_wait_s:
+        def stop_when_allowed() -> None:
+            while not may_stop():
                 time.sleep(0.1)
             stop_now(server, sig, frame)
 
-        threading.Thread(target=stop_when_the_api_is_gone, name="drain", daemon=True).start()
+        threading.Thread(target=stop_when_allowed, name="drain", daemon=True).start()
 
-    handle_exit.waits_for_the_api = True
+    handle_exit.delays_exit = True
     uvicorn.Server.handle_exit = handle_exit
+
+
+def api_gone_or_after(api_alive: Callable[[], bool], max_wait_s: float) -> Callable[[], bool]:
+    """A model service's stop condition: no API worker is left beside it, or `max_wait_s` have passed."""
+    deadline = time.monotonic() + max_wait_s
+    return lambda: not api_alive() or time.monotonic() >= deadline
+
+
+def after(seconds: float) -> Callable[[], bool]:
+    """The API's stop condition: `seconds` have passed (SHUTDOWN_DELAY_S), in which load balancers that poll /readyz
+    see it fail and stop sending requests, before the listener closes."""
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() >= deadline

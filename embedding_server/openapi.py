@@ -109,7 +109,9 @@ def document(service: Any) -> dict[str, Any]:
     _add_uploads(spec["paths"])
     _add_get_routes(spec["paths"], schemas)
     if "/readyz" in spec["paths"]:
-        spec["paths"]["/readyz"]["get"]["responses"]["503"] = {"description": "Not ready: a model is not available."}
+        spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
+            "description": "Not ready: a model is not available, or the server is stopping."
+        }
     return _openapi_30(spec)
 
 

@@ -220,7 +220,10 @@ class OpenAIModelList(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "stopping"] = Field(
+        description="ok: every configured model answers; unavailable: one does not; stopping: the server was asked "
+        "to stop and finishes its requests (503, as /readyz)."
+    )
     models: dict[str, bool] = Field(description="Each configured model: loaded and answering.")
     problems: dict[str, str] = Field(default_factory=dict, description="Why a model is not available.")
     memory: dict[str, float] = Field(description="Resident memory of this server's processes, in MB.")

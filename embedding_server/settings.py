@@ -15,7 +15,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
-    port: int = Field(3002, description="HTTP port of `bentoml serve` (its --port wins).")
+    port: int = Field(3000, description="HTTP port (`bentoml serve --port` wins); 3000 is the one the image exposes.")
     host: str = Field("0.0.0.0", description="Address to bind.")
     text_model_name: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(
         60.0, gt=0, description="Deadline of one request, from its first byte to its answer (504 past it)."
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds the server goes on serving after SIGTERM while /readyz and /health answer 503, so that a "
+        "load balancer polling them stops sending it requests before it closes its listener (the Kubernetes "
+        "manifests set 5).",
     )
     max_queued_items: int = Field(
         2048, ge=1, description="Items waiting for each model beyond those it computes; past it, 503 and Retry-After."

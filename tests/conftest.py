@@ -164,3 +164,20 @@ def copy_store(source: Path, into: Path, keep: str) -> Path:
         if not model_dir.name.startswith(keep):
             shutil.rmtree(model_dir)
     return into
+
+
+def rendered_manifests(overlay: str) -> dict[str, dict]:
+    """The manifests of deploy/kubernetes/overlays/OVERLAY as `kubectl kustomize` renders them, by kind."""
+    import yaml
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (with its built-in kustomize) is needed to render deploy/kubernetes")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "deploy" / "kubernetes" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}

@@ -207,3 +207,21 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(model_store, tmp_pat
         assert server.process.wait(30) == 0
     finally:
         stop_server(server)
+
+
+def test_after_sigterm_the_server_is_not_ready_but_serves_for_the_shutdown_delay(model_store, tmp_path):
+    """What lets a load balancer polling /readyz stop sending requests before the listener closes."""
+    server = start_server(model_store, tmp_path / "delay.log", IMAGE_MODEL_NAME="", SHUTDOWN_DELAY_S="3")
+    try:
+        signalled = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.get("/readyz").status_code == 503
+        health = server.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "stopping"
+        assert post(server, TEXT).status_code == 200  # still served
+        assert server.get("/livez").status_code == 200
+        assert server.process.wait(30) == 0
+        assert time.monotonic() - signalled >= 3
+    finally:
+        stop_server(server)
