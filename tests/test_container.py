@@ -75,7 +75,7 @@ def start_container(tmp_path, **env: str) -> tuple[Container, float]:
         try:
             if requests.get(container.url + "/readyz", timeout=2).status_code == 200:
                 return container, time.monotonic() - started
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy loading the models
             pass
         time.sleep(0.2)
     raise AssertionError(f"not ready in 120 s:\n{container.log_text()}")
