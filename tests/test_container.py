@@ -3,7 +3,7 @@ chroot isolation here, where no OCI runtime can start one (such a process shares
 
 from __future__ import annotations
 
-import json
+import contextlib
 import signal
 import subprocess
 import time
@@ -15,7 +15,15 @@ import psutil
 import pytest
 import requests
 import yaml
-from conftest import data_url, free_port, image_bytes, rendered_manifests, start_server, stop_server
+from conftest import (
+    data_url,
+    free_port,
+    image_bytes,
+    rendered_manifests,
+    service_worker,
+    start_server,
+    stop_server,
+)
 
 from deploy import image as deploy_image
 
@@ -37,6 +45,8 @@ class Container:
     name: str
     process: subprocess.Popen
     log: str
+    ready_s: float = 0.0
+    """Seconds from the start until /readyz answered 200."""
 
     def server_process(self) -> psutil.Process:
         """The image's main process, the one `docker run` starts as PID 1 (`bentoml serve`, exec'd by the
@@ -44,25 +54,18 @@ class Container:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for process in psutil.Process(self.process.pid).children(recursive=True):
-                if "serve" in process.cmdline()[1:3] or process.cmdline()[1:3] == ["-m", "bentoml"]:
+                if "serve" in process.cmdline()[1:3]:
                     return process
             time.sleep(0.1)
         raise LookupError("no bentoml serve process in the container")
-
-    def worker(self, service: str) -> psutil.Process:
-        for process in psutil.Process(self.process.pid).children(recursive=True):
-            command = process.cmdline()
-            if "--service-name" in command and command[command.index("--service-name") + 1] == service:
-                return process
-        raise LookupError(f"no process serves {service}")
 
     def log_text(self) -> str:
         with open(self.log, errors="replace") as log:
             return log.read()[-4000:]
 
 
-def start_container(tmp_path, **env: str) -> tuple[Container, float]:
-    """The test image on a free port; the container and the seconds until /readyz answered 200."""
+def start_container(tmp_path, **env: str) -> Container:
+    """The test image on a free port, once /readyz answers 200."""
     port = free_port()
     log = tmp_path / f"container-{port}.log"
     started = time.monotonic()
@@ -71,50 +74,51 @@ def start_container(tmp_path, **env: str) -> tuple[Container, float]:
     )
     container = Container(f"http://127.0.0.1:{port}", name, process, str(log))
     while time.monotonic() - started < 120:
-        assert process.poll() is None, f"the container exited with {process.returncode}:\n{container.log_text()}"
+        if process.poll() is not None:
+            remove(container)
+            raise AssertionError(f"the container exited with {process.returncode}:\n{container.log_text()}")
         try:
             if requests.get(container.url + "/readyz", timeout=2).status_code == 200:
-                return container, time.monotonic() - started
+                container.ready_s = time.monotonic() - started
+                return container
         except requests.RequestException:  # not listening yet, or busy loading the models
             pass
         time.sleep(0.2)
+    remove(container)
     raise AssertionError(f"not ready in 120 s:\n{container.log_text()}")
 
 
 def remove(container: Container) -> None:
     if container.process.poll() is None:
-        container.process.kill()
-        for process in psutil.Process(container.process.pid).children(recursive=True):
-            process.kill()
+        # The whole tree, gathered before anything dies: a killed parent's children would be re-parented and missed.
+        root = psutil.Process(container.process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         container.process.wait(10)
     subprocess.run(["buildah", "rm", container.name], capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def container(built, tmp_path_factory):
-    running, ready_s = start_container(tmp_path_factory.mktemp("container"))
-    running.ready_s = ready_s
+    running = start_container(tmp_path_factory.mktemp("container"))
     yield running
     remove(running)
 
 
 def in_image(*command: str) -> subprocess.CompletedProcess:
-    name = subprocess.run(
-        ["buildah", "from", f"localhost/{TEST_IMAGE}:cpu"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    name, process = deploy_image.start(
+        f"localhost/{TEST_IMAGE}:cpu", {}, list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        return subprocess.run(
-            ["buildah", "run", "--isolation", "chroot", name, "--", *command], capture_output=True, text=True
-        )
+        stdout, stderr = process.communicate(timeout=120)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     finally:
         subprocess.run(["buildah", "rm", name], capture_output=True)
 
 
 def image_config() -> dict:
-    inspected = subprocess.run(
-        ["podman", "image", "inspect", f"localhost/{TEST_IMAGE}:cpu"], capture_output=True, text=True, check=True
-    )
-    return json.loads(inspected.stdout)[0]
+    return deploy_image.image_config(f"localhost/{TEST_IMAGE}:cpu")
 
 
 def test_the_image_is_tagged_with_the_bento_version_and_names_its_models(built):
@@ -203,7 +207,7 @@ def test_vectors_equal_those_of_bentoml_serve_on_the_same_store(built, container
 
 def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(built, tmp_path):
     timeout_s = 20
-    running, _ = start_container(tmp_path, TEST_FORWARD_DELAY_S="1", REQUEST_TIMEOUT_S=str(timeout_s))
+    running = start_container(tmp_path, TEST_FORWARD_DELAY_S="1", REQUEST_TIMEOUT_S=str(timeout_s))
     try:
         body = {"texts": ["in flight"]}
         with ThreadPoolExecutor(8) as pool:
@@ -220,5 +224,5 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(built, tmp
 
 def test_a_killed_model_worker_stops_the_container_with_a_failure(container):
     """BentoML restarts no worker inside a container: the container exits non-zero, and the orchestrator restarts it."""
-    container.worker("text_model").kill()
+    service_worker(container.process.pid, "text_model").kill()
     assert container.process.wait(60) != 0, container.log_text()

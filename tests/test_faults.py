@@ -10,10 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-import psutil
 import pytest
 import requests
-from conftest import data_url, image_bytes, start_server, stop_server
+from conftest import data_url, image_bytes, service_worker, start_server, stop_server
 from test_operations import sample, scrape
 
 TEXT = {"route": "/embed/text", "json": {"texts": ["a sentence about faults"]}}
@@ -21,12 +20,7 @@ IMAGE = {"route": "/embed/image", "json": {"images": [data_url(image_bytes())]}}
 
 
 def worker_pid(server, service: str) -> int:
-    """The pid of the process that runs `service` (text_model, image_model or embedding_api)."""
-    for process in psutil.Process(server.process.pid).children(recursive=True):
-        command = process.cmdline()
-        if "--service-name" in command and command[command.index("--service-name") + 1] == service:
-            return process.pid
-    raise LookupError(f"no process serves {service}")
+    return service_worker(server.process.pid, service).pid
 
 
 def post(server, call: dict, timeout: float = 60) -> requests.Response:
