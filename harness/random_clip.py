@@ -1,5 +1,6 @@
 """CLIP models with random weights, saved as `save_pretrained` folders: the benchmark's full-size ViT-B/32 (the real
-architecture and cost, without the hub) and the tests' tiny one, each with a CLIP tokenizer built offline."""
+architecture and cost, without the hub) and the tiny one of the tests and the replicas demo, each with a CLIP
+tokenizer built offline."""
 
 from __future__ import annotations
 
