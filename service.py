@@ -14,64 +14,58 @@ GET  /metrics           Prometheus: BentoML's series and this server's (embeddin
 from __future__ import annotations
 
 import logging
-import os
 
 import bentoml
 import numpy as np
-from bentoml._internal.context import server_context
-from bentoml._internal.utils.analytics import usage_stats
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from embedding_server.access import PROBE_PATHS, ApiKeyMiddleware
+from embedding_server import routes
+from embedding_server.access import ApiKeyMiddleware
 from embedding_server.batching import ForwardThread
+from embedding_server.bentoml_internals import (
+    MODEL_SERVICE_TYPE,
+    sibling_worker_alive,
+    stop_usage_tracking_by_default,
+)
 from embedding_server.body_limit import BodyLimitMiddleware
-from embedding_server.core import Embedder, Model, ModelClient
 from embedding_server.deadline import RequestDeadlineMiddleware
-from embedding_server.draining import after, api_gone_or_after, delay_exit, shutdown_requested, sibling_alive
+from embedding_server.draining import after, api_gone_or_after, delay_exit, shutdown_requested
+from embedding_server.embedder import Embedder
 from embedding_server.errors import ApiError
-from embedding_server.middleware import ErrorBodyMiddleware
 from embedding_server.model_service import (
     RUNNER_CONNECTION,
     LoadedOnFirstUse,
-    batched_forward,
+    counted_forward,
     load_encoder,
     remote_client,
 )
 from embedding_server.model_store import Modality, bento_model_reference
-from embedding_server.observability import BENTOML_ENDPOINT_LOGGER, ClientErrorTracebacks, RequestLogMiddleware
-from embedding_server.openai_compat import OpenAIEmbeddings
+from embedding_server.observability import RequestLogMiddleware
 from embedding_server.openapi import OpenAPIDocumentMiddleware
+from embedding_server.router import ApiRouter
 from embedding_server.schemas import (
-    ClassifyImageRequest,
     ClassifyImageResponse,
-    EmbedBatchRequest,
     EmbedBatchResponse,
-    EmbedImageRequest,
     EmbedImageResponse,
-    EmbedTextRequest,
     EmbedTextResponse,
-    OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
 )
+from embedding_server.served_model import Model, ModelClient
 from embedding_server.settings import get_settings
-from embedding_server.uploads import UploadMiddleware
 
-# BentoML's usage tracking stays off unless the operator opts in with BENTOML_DO_NOT_TRACK=false. The `bentoml` CLI
-# read the variable (and cached it) before it imported this file, hence the cache reset.
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-usage_stats.do_not_track.cache_clear()
+stop_usage_tracking_by_default()
 
 settings = get_settings()
 for logger_name in ("embedding_server", "models"):
     logging.getLogger(logger_name).setLevel(settings.log_level)
-logging.getLogger(BENTOML_ENDPOINT_LOGGER).addFilter(ClientErrorTracebacks())
 
 API_SERVICE_NAME = "embedding_api"
-# BentoML's own deadline (504 with its own body) is set past REQUEST_TIMEOUT_S, so that this server's comes first.
+# REQUEST_TIMEOUT_S is this server's deadline (deadline.py: its own error body, and the work stops when the client
+# leaves). BentoML's own cannot be turned off (its config wants a timeout > 0), so it is set past ours as a backstop.
 TRAFFIC = {"timeout": settings.request_timeout_s + 5}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
 MODEL_SERVICE = {
@@ -84,6 +78,15 @@ MODEL_SERVICE = {
 }
 
 
+def stop_condition():
+    """On SIGTERM the API stays up, not ready, for SHUTDOWN_DELAY_S; a model service serves until the API has finished
+    its requests and exited (draining.py)."""
+    if bentoml.server_context.service_type == MODEL_SERVICE_TYPE:
+        alive = sibling_worker_alive(API_SERVICE_NAME)
+        return api_gone_or_after(alive, settings.shutdown_delay_s + TRAFFIC["timeout"])
+    return after(settings.shutdown_delay_s)
+
+
 @bentoml.service(name="text_model", **MODEL_SERVICE)
 class TextModel:
     """all-MiniLM-L6-v2 (or TEXT_MODEL_NAME): token ids in, mean-pooled vectors out."""
@@ -93,22 +96,24 @@ class TextModel:
     def __init__(self) -> None:
         from models.text import TextEncoder  # the model code is loaded by the model processes only
 
-        self.encoder = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
-        if self.encoder is not None:
-            self.batches = batched_forward(
-                "text", self.encoder.embed_token_ids, ForwardThread(), settings.text_max_batch_size, settings
-            )
+        delay_exit(stop_condition)
+        self.loaded = load_encoder(Modality.TEXT, settings.text_model_name, TextEncoder.load, settings)
+        if self.loaded.encoder is not None:
+            self.forward = counted_forward("text", self.loaded.encoder.embed_token_ids, ForwardThread())
 
     @bentoml.api
     async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
-        return await self.batches.submit(token_ids)
+        if self.loaded.encoder is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
+        return await self.forward(token_ids)
 
     @bentoml.api
-    async def is_loaded(self) -> bool:
-        return self.encoder is not None
+    async def load_problem(self) -> str:
+        """Why no model is loaded; empty when one is."""
+        return self.loaded.problem or ""
 
     def __is_ready__(self) -> bool:
-        return self.encoder is not None
+        return self.loaded.encoder is not None
 
 
 @bentoml.service(name="image_model", **MODEL_SERVICE)
@@ -122,36 +127,43 @@ class ImageModel:
         from models.clip_text import ClipTextEncoder
         from models.image import ImageEncoder
 
-        self.encoder = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
-        if self.encoder is not None:
+        delay_exit(stop_condition)
+        self.loaded = load_encoder(Modality.IMAGE, settings.image_model_name, ImageEncoder.load, settings)
+        if self.loaded.encoder is not None:
             thread = ForwardThread()
-            self.batches = batched_forward(
-                "image", self.encoder.embed_pixels, thread, settings.image_max_batch_size, settings
-            )
-            self.text_batches = LoadedOnFirstUse(
+            self.forward = counted_forward("image", self.loaded.encoder.embed_pixels, thread)
+            self.text_forward = LoadedOnFirstUse(
                 lambda: load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings),
-                lambda text_encoder: batched_forward(
-                    "image_text", text_encoder.embed_token_ids, thread, settings.text_max_batch_size, settings
-                ),
+                lambda text_encoder: counted_forward("image_text", text_encoder.embed_token_ids, thread),
                 thread,
             )
             if settings.clip_text_tower == "eager":
-                self.text_batches.preload()
+                self.text_forward.preload()
 
     @bentoml.api
     async def embed(self, pixels: np.ndarray) -> np.ndarray:
-        return await self.batches.submit(pixels)
+        if self.loaded.encoder is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
+        return await self.forward(pixels)
 
     @bentoml.api
     async def embed_text(self, token_ids: list[list[int]]) -> np.ndarray:
-        return await self.text_batches.submit(token_ids)
+        if self.loaded.encoder is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
+        return await self.text_forward(token_ids)
 
     @bentoml.api
-    async def is_loaded(self) -> bool:
-        return self.encoder is not None
+    async def load_problem(self) -> str:
+        """Why no model is loaded; empty when one is."""
+        return self.loaded.problem or ""
+
+    @bentoml.api
+    async def text_load_problem(self) -> str:
+        """Why CLIP's text tower could not be loaded (at its first use, or at start when eager); empty otherwise."""
+        return self.loaded.problem or (self.text_forward.problem or "")
 
     def __is_ready__(self) -> bool:
-        return self.encoder is not None
+        return self.loaded.encoder is not None
 
 
 async def health(_: Request) -> JSONResponse:
@@ -160,12 +172,15 @@ async def health(_: Request) -> JSONResponse:
 
 
 async def list_models(_: Request) -> JSONResponse:
-    return JSONResponse(bentoml.get_current_service().openai.models().model_dump())
+    return JSONResponse(bentoml.get_current_service().embedder.openai_models().model_dump())
 
 
 # BentoML's own APIs answer POST only; the GET routes are a plain Starlette app mounted beside them.
 get_routes = Starlette(
-    routes=[Route("/health", health, methods=["GET"]), Route("/v1/models", list_models, methods=["GET"])]
+    routes=[
+        Route(routes.HEALTH_PATH, health, methods=["GET"]),
+        Route(routes.MODELS_PATH, list_models, methods=["GET"]),
+    ]
 )
 
 
@@ -179,6 +194,9 @@ get_routes = Starlette(
 )
 @bentoml.asgi_app(get_routes, path="/")
 class EmbeddingAPI:
+    """The POST routes are served by router.py, in front of these methods, which declare them (routes.py) for
+    BentoML's client and schema and run the same handler when BentoML calls them itself."""
+
     # A model whose name is empty gets no service process at all.
     if settings.text_model_name:
         text_model = bentoml.depends(TextModel)
@@ -186,73 +204,67 @@ class EmbeddingAPI:
         image_model = bentoml.depends(ImageModel)
 
     def __init__(self) -> None:
+        delay_exit(stop_condition)
+        text, image = settings.text_max_batch_size, settings.image_max_batch_size
         self.embedder = Embedder(
             settings,
+            Model.configure("text", Modality.TEXT, settings.text_model_name, self._client("text_model", "embed", text)),
             Model.configure(
-                "text",
-                Modality.TEXT,
-                settings.text_model_name,
-                self._client("text_model", "embed", settings.text_max_batch_size),
-            ),
-            Model.configure(
-                "image",
-                Modality.IMAGE,
-                settings.image_model_name,
-                self._client("image_model", "embed", settings.image_max_batch_size),
+                "image", Modality.IMAGE, settings.image_model_name, self._client("image_model", "embed", image)
             ),
             Model.configure(
                 "image_text",
                 Modality.IMAGE,
                 settings.image_model_name,
-                self._client("image_model", "embed_text", settings.text_max_batch_size),
+                self._client("image_model", "embed_text", text, problem_method="text_load_problem"),
             ),
         )
-        self.openai = OpenAIEmbeddings(self.embedder)
 
-    def _client(self, dependency: str, method: str, max_batch_size: int) -> ModelClient | None:
+    def _client(
+        self, dependency: str, method: str, max_batch_size: int, problem_method: str = "load_problem"
+    ) -> ModelClient | None:
         service = getattr(self, dependency, None)
-        return remote_client(service, max_batch_size, settings.max_queued_items, method) if service else None
+        if service is None:
+            return None
+        return remote_client(service, max_batch_size, settings.max_queued_items, method, problem_method)
 
-    @bentoml.api(route="/embed/text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
-    async def embed_text(self, **request) -> EmbedTextResponse | JSONResponse:
-        return await answer(self.embedder.embed_text(EmbedTextRequest.model_construct(**request)))
+    @bentoml.api(**routes.EMBED_TEXT.bentoml)
+    async def embed_text(self, **request) -> EmbedTextResponse:
+        return await self._handle(routes.EMBED_TEXT, request)
 
-    @bentoml.api(route="/embed/image", input_spec=EmbedImageRequest, output_spec=EmbedImageResponse)
-    async def embed_image(self, **request) -> EmbedImageResponse | JSONResponse:
-        return await answer(self.embedder.embed_image(EmbedImageRequest.model_construct(**request)))
+    @bentoml.api(**routes.EMBED_IMAGE.bentoml)
+    async def embed_image(self, **request) -> EmbedImageResponse:
+        return await self._handle(routes.EMBED_IMAGE, request)
 
-    @bentoml.api(route="/embed/batch", input_spec=EmbedBatchRequest, output_spec=EmbedBatchResponse)
-    async def embed_batch(self, **request) -> EmbedBatchResponse | JSONResponse:
-        return await answer(self.embedder.embed_batch(EmbedBatchRequest.model_construct(**request)))
+    @bentoml.api(**routes.EMBED_BATCH.bentoml)
+    async def embed_batch(self, **request) -> EmbedBatchResponse:
+        return await self._handle(routes.EMBED_BATCH, request)
 
-    @bentoml.api(route="/embed/image-text", input_spec=EmbedTextRequest, output_spec=EmbedTextResponse)
-    async def embed_image_text(self, **request) -> EmbedTextResponse | JSONResponse:
-        """Texts as vectors in CLIP's image space: compare a query text with stored image vectors."""
-        request = EmbedTextRequest.model_construct(**request)
-        return await answer(self.embedder.embed_text(request, self.embedder.image_text))
+    @bentoml.api(**routes.EMBED_IMAGE_TEXT.bentoml)
+    async def embed_image_text(self, **request) -> EmbedTextResponse:
+        return await self._handle(routes.EMBED_IMAGE_TEXT, request)
 
-    @bentoml.api(route="/classify/image", input_spec=ClassifyImageRequest, output_spec=ClassifyImageResponse)
-    async def classify_image(self, **request) -> ClassifyImageResponse | JSONResponse:
-        return await answer(self.embedder.classify_image(ClassifyImageRequest.model_construct(**request)))
+    @bentoml.api(**routes.CLASSIFY_IMAGE.bentoml)
+    async def classify_image(self, **request) -> ClassifyImageResponse:
+        return await self._handle(routes.CLASSIFY_IMAGE, request)
 
-    @bentoml.api(route="/v1/embeddings", input_spec=OpenAIEmbeddingRequest, output_spec=OpenAIEmbeddingResponse)
-    async def openai_embeddings(self, **request) -> OpenAIEmbeddingResponse | JSONResponse:
-        return await answer(self.openai.embeddings(OpenAIEmbeddingRequest.model_construct(**request)), openai=True)
+    @bentoml.api(**routes.OPENAI_EMBEDDINGS.bentoml)
+    async def openai_embeddings(self, **request) -> OpenAIEmbeddingResponse:
+        return await self._handle(routes.OPENAI_EMBEDDINGS, request)
+
+    async def _handle(self, route: routes.ApiRoute, request: dict):
+        """BentoML has validated the request already; an ApiError is answered with this API's body."""
+        try:
+            return await route.handle(self.embedder, route.request.model_construct(**request))
+        except ApiError as error:
+            return error.to_response(route.openai)
 
     async def __is_ready__(self) -> bool:
         return not shutdown_requested.is_set() and (await self.embedder.health()).status == "ok"
 
 
-async def answer(work, openai: bool = False):
-    """The route's response, or its ApiError as this API's JSON error body (OpenAI's on /v1) and status."""
-    try:
-        return await work
-    except ApiError as error:
-        return error.to_response(openai)
-
-
 # The first added is the outermost: the log sees every answer, CORS headers reach even a 401.
-EmbeddingAPI.add_asgi_middleware(RequestLogMiddleware, quiet_paths=PROBE_PATHS)
+EmbeddingAPI.add_asgi_middleware(RequestLogMiddleware, quiet_paths=routes.PROBE_PATHS)
 if settings.cors_origin_list:
     # Any request header: browser clients add their own (the OpenAI JS client sends x-stainless-*).
     EmbeddingAPI.add_asgi_middleware(
@@ -262,24 +274,8 @@ if settings.api_key:
     EmbeddingAPI.add_asgi_middleware(ApiKeyMiddleware, api_key=settings.api_key)
 EmbeddingAPI.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
 EmbeddingAPI.add_asgi_middleware(
-    RequestDeadlineMiddleware, timeout_s=settings.request_timeout_s, exempt_paths=PROBE_PATHS
+    RequestDeadlineMiddleware, timeout_s=settings.request_timeout_s, exempt_paths=routes.PROBE_PATHS
 )
-EmbeddingAPI.add_asgi_middleware(UploadMiddleware, embedder=lambda: bentoml.get_current_service().embedder)
-EmbeddingAPI.add_asgi_middleware(
-    ErrorBodyMiddleware,
-    routes=frozenset({"/embed/text", "/embed/image", "/embed/batch", "/embed/image-text", "/classify/image"}),
-    openai_routes=frozenset({"/v1/embeddings"}),
-)
+EmbeddingAPI.add_asgi_middleware(ApiRouter, embedder=lambda: bentoml.get_current_service().embedder)
 # /docs.json: BentoML's OpenAPI document with this API's error bodies, unions, GET routes and uploads.
 EmbeddingAPI.add_asgi_middleware(OpenAPIDocumentMiddleware, service=EmbeddingAPI)
-
-
-def stop_condition():
-    """On SIGTERM the API stays up, not ready, for SHUTDOWN_DELAY_S; a model service serves until the API has finished
-    its requests and exited (draining.py)."""
-    if server_context.service_type == "service":  # a model service, not the API ("entry_service")
-        return api_gone_or_after(sibling_alive(API_SERVICE_NAME), settings.shutdown_delay_s + TRAFFIC["timeout"])
-    return after(settings.shutdown_delay_s)
-
-
-delay_exit(stop_condition)

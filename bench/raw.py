@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report: dict = {"backend": {}, "threads": settings.threads_per_model(), "rows": []}
     for modality, model_id, loader, pipeline, data_file in plan:
-        encoder = load_encoder(modality, model_id, loader, settings) if model_id else None
+        encoder = load_encoder(modality, model_id, loader, settings).encoder if model_id else None
         if encoder is None:
             continue
         report["backend"][modality.value] = encoder.runtime.backend

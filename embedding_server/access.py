@@ -6,10 +6,8 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from embedding_server.errors import ApiError, ErrorCode, openai_route
-
-PROBE_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
-"""Health probes and the metrics scrape: they carry no key (and are not logged)."""
+from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.routes import PROBE_PATHS, openai_errors
 
 
 class ApiKeyMiddleware:
@@ -28,7 +26,7 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         error = ApiError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>")
-        await error.to_response(openai=openai_route(scope["path"]))(scope, receive, send)
+        await error.to_response(openai=openai_errors(scope["path"]))(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
         given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")

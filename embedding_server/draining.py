@@ -10,78 +10,50 @@ deadline has passed), then stops as uvicorn does.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 
-import psutil
-
-
-def sibling_alive(service_name: str) -> Callable[[], bool]:
-    """Whether a worker of this process's arbiter (its parent) still serves `service_name`."""
-
-    def alive() -> bool:
-        try:
-            siblings = psutil.Process(os.getppid()).children()
-        except psutil.Error:
-            return False
-        for process in siblings:
-            try:
-                command = process.cmdline()
-                if process.status() == psutil.STATUS_ZOMBIE or "--service-name" not in command:
-                    continue
-            except psutil.Error:  # it has just exited
-                continue
-            if command[command.index("--service-name") + 1] == service_name:
-                return True
-        return False
-
-    return alive
-
-
 shutdown_requested = threading.Event()
 """Set at this process's first SIGTERM or SIGINT: from then on the API reports itself not ready."""
 
+_HANDLED = (signal.SIGTERM, signal.SIGINT)
+
 
 def delay_exit(stop_condition: Callable[[], Callable[[], bool]]) -> None:
-    """Makes this process's uvicorn act on SIGTERM or SIGINT only once the condition that `stop_condition()` gives at
-    the signal is true (it is polled every 0.1 s); until then the process serves as before, and
-    `shutdown_requested` is set. While it waits, a repeated SIGTERM is ignored (the arbiter forwards the signal that
-    the whole process group already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second Ctrl-C, stops
-    it at once, as in uvicorn.
+    """Makes the server act on SIGTERM or SIGINT only once the condition that `stop_condition()` gives at the signal
+    is true (it is polled every 0.1 s); until then the process serves as before, and `shutdown_requested` is set.
+    While it waits, a repeated SIGTERM is ignored (the arbiter forwards the signal that the whole process group
+    already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second Ctrl-C, stops it at once.
 
-    uvicorn installs `Server.handle_exit` as the signal handler when it starts serving, before BentoML creates the
-    service, so this must run when the service's module is imported, in every process; `stop_condition` tells the
-    model services from the API at the signal.
+    Call it from a service's __init__: uvicorn installs its own handlers before it starts the app, whose start-up
+    creates the service, so the handler found here is uvicorn's, and it is called in the end.
     """
-    import uvicorn
+    stop_now = {sig: signal.getsignal(sig) for sig in _HANDLED}
+    if not all(callable(handler) for handler in stop_now.values()):
+        raise RuntimeError(f"no server signal handler to delay: {stop_now}")
 
-    stop_now = uvicorn.Server.handle_exit
-    if getattr(stop_now, "delays_exit", False):
-        return
-
-    def handle_exit(server: uvicorn.Server, sig: int, frame) -> None:
+    def handle(sig: int, frame) -> None:
         if shutdown_requested.is_set():
             if sig == signal.SIGINT:
-                stop_now(server, sig, frame)
+                stop_now[sig](sig, frame)
             return
         shutdown_requested.set()
         may_stop = stop_condition()
         if may_stop():
-            stop_now(server, sig, frame)
+            stop_now[sig](sig, frame)
             return
 
         def stop_when_allowed() -> None:
             while not may_stop():
                 time.sleep(0.1)
-            stop_now(server, sig, frame)
+            stop_now[sig](sig, frame)
 
         threading.Thread(target=stop_when_allowed, name="drain", daemon=True).start()
 
-    handle_exit.delays_exit = True
-    uvicorn.Server.handle_exit = handle_exit
+    for sig in _HANDLED:
+        signal.signal(sig, handle)
 
 
 def api_gone_or_after(api_alive: Callable[[], bool], max_wait_s: float) -> Callable[[], bool]:

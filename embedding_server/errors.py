@@ -31,7 +31,6 @@ class ErrorCode(str, Enum):
     IMAGE_TOO_LARGE = "image_too_large"
     REQUEST_TOO_LARGE = "request_too_large"
     TOO_MANY_PIXELS = "too_many_pixels"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     MODEL_UNAVAILABLE = "model_unavailable"
     MODEL_ERROR = "model_error"
     OVERLOADED = "overloaded"
@@ -40,6 +39,7 @@ class ErrorCode(str, Enum):
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     INVALID_UPLOAD = "invalid_upload"
     UNAUTHORIZED = "unauthorized"
+    INTERNAL_ERROR = "internal_error"
 
 
 STATUS: dict[ErrorCode, HTTPStatus] = {
@@ -48,13 +48,13 @@ STATUS: dict[ErrorCode, HTTPStatus] = {
     ErrorCode.IMAGE_FETCH_FAILED: HTTPStatus.BAD_GATEWAY,  # the remote named by an image URL failed, not the request
     ErrorCode.REQUEST_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     ErrorCode.TOO_MANY_PIXELS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ErrorCode.MODEL_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorCode.MODEL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
     ErrorCode.OVERLOADED: HTTPStatus.SERVICE_UNAVAILABLE,
     ErrorCode.REQUEST_TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
     ErrorCode.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
     ErrorCode.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
+    ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 """Codes not listed here are 422: the request was JSON but its content can't be embedded."""
 
@@ -108,19 +108,14 @@ class ApiError(Exception):
 _OPENAI_TYPES = {HTTPStatus.UNAUTHORIZED: "authentication_error"}
 
 
-def openai_route(path: str) -> bool:
-    """Whether `path` is one of the OpenAI-compatible routes, whose errors take OpenAI's body."""
-    return path.startswith("/v1/")
-
-
-# pydantic's error types, as BentoML reports them when a body does not fit the schema, and the code each one means.
+# pydantic's error types when a body does not fit the schema, and the code each one means; a limit of `limits.py`
+# reports its own code as the type.
 _VALIDATION_CODES = {
     "json_invalid": ErrorCode.INVALID_JSON,
     "json_type": ErrorCode.INVALID_JSON,
     "missing": ErrorCode.MISSING_FIELD,
     "too_short": ErrorCode.EMPTY_INPUT,
-    "too_long": ErrorCode.TOO_MANY_ITEMS,
-    "string_too_long": ErrorCode.TEXT_TOO_LONG,
+    **{code.value: code for code in ErrorCode},
 }
 
 

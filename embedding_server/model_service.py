@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,9 @@ import aiohttp
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from embedding_server.batching import BatchQueue, ForwardThread
-from embedding_server.core import ModelClient, ModelFailed, ModelUnavailable
 from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.observability import MODEL_BATCH_SIZE
+from embedding_server.served_model import ModelClient, ModelFailed, ModelNotLoaded, ModelUnavailable
 from embedding_server.settings import Settings
 from models.onnx_backend import ONNX_FILE
 from models.runtime import Runtime
@@ -37,12 +37,21 @@ CALLS_IN_FLIGHT = 2
 ALIVE_PROBE_TIMEOUT_S = 1.0
 
 
-def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Any:
-    """The model service's encoder from the store, or None (logged) when it is not there or does not load."""
+@dataclass(frozen=True)
+class Loaded:
+    """What a model service loaded: its encoder, or why it has none (the store lacks the model, or it failed to
+    load), which every call to it is answered with."""
+
+    encoder: Any = None
+    problem: str | None = None
+
+
+def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Loaded:
+    """The model service's encoder from the store, or why there is none (logged)."""
     stored = find_stored(model_id)
     if stored is None:
         logger.warning(import_hint(modality, model_id))
-        return None
+        return Loaded(problem=import_hint(modality, model_id))
     path = Path(stored.path)
     try:
         runtime = Runtime.choose(
@@ -53,9 +62,9 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
             has_pytorch_weights=stored.info.metadata.get("pytorch_weights", True),
         )
         encoder = loader(path, runtime)
-    except Exception:
+    except Exception as exc:
         logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
-        return None
+        return Loaded(problem=f"{modality.value} model {stored.tag} failed to load: {type(exc).__name__}: {exc}")
     logger.info(
         "%s model %s (%s) loaded as %s: %s on %s, %s threads",
         modality.value,
@@ -66,75 +75,71 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
         runtime.device,
         runtime.threads,
     )
-    return encoder
+    return Loaded(encoder)
 
 
-def batched_forward(
-    model: str, forward: Callable, thread: ForwardThread, max_batch_size: int, settings: Settings
-) -> BatchQueue:
-    """A model service's queue: batches of whole requests through `forward` in the process's forward thread, each
-    batch's size counted in the `model` series; the tests' faults, when their settings ask for them."""
-
-    if settings.test_forward_delay_s or settings.test_fail_batch_size:
-        logger.warning(
-            "%s model: faults injected (TEST_FORWARD_DELAY_S=%g, TEST_FAIL_BATCH_SIZE=%d): for tests only",
-            model,
-            settings.test_forward_delay_s,
-            settings.test_fail_batch_size,
-        )
+def counted_forward(model: str, forward: Callable, thread: ForwardThread) -> Callable[[Any], Awaitable[Any]]:
+    """`forward` as a model service runs it: in the process's forward thread, one call after the other (the API
+    already sends whole batches, at most two calls at a time), each batch's size counted in the `model` series."""
 
     def counted(inputs):
         MODEL_BATCH_SIZE.labels(model).observe(len(inputs))
-        if settings.test_forward_delay_s:
-            time.sleep(settings.test_forward_delay_s)
-        if len(inputs) == settings.test_fail_batch_size:
-            raise RuntimeError(f"fault injected by TEST_FAIL_BATCH_SIZE={settings.test_fail_batch_size}")
         return forward(inputs)
 
-    return BatchQueue(thread.runs(counted), max_batch_size)
+    return thread.runs(counted)
 
 
 class LoadedOnFirstUse:
-    """A model service's queue for an encoder that is loaded by the first call that needs it (in the forward thread,
-    so that no pass runs beside the loading), so that a model nobody calls costs no memory. `preload()` loads it now,
-    for a server that must not make its first caller wait."""
+    """A model service's forward pass for an encoder that is loaded by the first call that needs it (in the forward
+    thread, so that no pass runs beside the loading), so that a model nobody calls costs no memory. `preload()`
+    loads it now, for a server that must not make its first caller wait."""
 
-    def __init__(self, load: Callable[[], Any], queue_for: Callable[[Any], BatchQueue], thread: ForwardThread) -> None:
+    def __init__(
+        self, load: Callable[[], Loaded], forward_for: Callable[[Any], Callable], thread: ForwardThread
+    ) -> None:
         self._load = load
-        self._queue_for = queue_for
+        self._forward_for = forward_for
         self._thread = thread
-        self._queue: BatchQueue | None = None
+        self._forward: Callable | None = None
         self._loading = asyncio.Lock()
+        self.problem: str | None = None
+        """Why the last attempt to load it failed."""
 
-    async def submit(self, inputs: Any) -> Any:
-        if self._queue is None:
+    async def __call__(self, inputs: Any) -> Any:
+        if self._forward is None:
             async with self._loading:
-                if self._queue is None:
-                    encoder = await self._thread.call(self._load)
-                    if encoder is None:  # load_encoder logged why
-                        raise ServiceUnavailable("the model cannot be loaded; the server's log says why")
-                    self._queue = self._queue_for(encoder)
-        return await self._queue.submit(inputs)
+                if self._forward is None:
+                    self._take(await self._thread.call(self._load))
+        if self._forward is None:
+            raise ServiceUnavailable(self.problem)
+        return await self._forward(inputs)
 
     def preload(self) -> None:
-        encoder = self._load()
-        if encoder is not None:  # else the first call tries again, and answers 503 if it fails too
-            self._queue = self._queue_for(encoder)
+        self._take(self._load())  # on failure the first call tries again, and answers 503 if it fails too
+
+    def _take(self, loaded: Loaded) -> None:
+        self.problem = loaded.problem
+        if loaded.encoder is not None:
+            self._forward = self._forward_for(loaded.encoder)
 
 
-def remote_client(proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed") -> ModelClient:
-    """The API's client for a model service reached through `bentoml.depends`, calling its `method`; concurrent
-    requests are sent together, up to `max_batch_size` items a call, with at most `max_queued` items waiting."""
+def remote_client(
+    proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed", problem_method: str = "load_problem"
+) -> ModelClient:
+    """The API's client for a model service reached through `bentoml.depends`, calling its `method` (and
+    `problem_method` to learn why it has no model); concurrent requests are sent together, up to `max_batch_size`
+    items a call, with at most `max_queued` items waiting."""
     client = proxy.to_async
 
-    async def is_loaded() -> bool:
-        return bool(await client.call("is_loaded"))
+    async def load_problem() -> str | None:
+        return await client.call(problem_method) or None
 
     async def answers_at_once() -> bool:
         try:
-            return await asyncio.wait_for(is_loaded(), ALIVE_PROBE_TIMEOUT_S)
+            await asyncio.wait_for(load_problem(), ALIVE_PROBE_TIMEOUT_S)
         except Exception:
             return False
+        return True
 
     async def call_embed(inputs: object):
         for attempt in range(CONNECTION_RETRIES + 1):
@@ -148,10 +153,10 @@ def remote_client(proxy: Any, max_batch_size: int, max_queued: int, method: str 
                     raise ModelUnavailable(f"cannot reach the model service ({type(exc).__name__})") from exc
             except BentoMLException as exc:
                 if exc.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-                    raise ModelUnavailable(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
+                    raise ModelNotLoaded(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
                 raise ModelFailed(f"{exc.error_code.value} {exc.error_code.phrase}") from exc
             except TimeoutError as exc:
                 raise ModelUnavailable("the model service timed out") from exc
 
     queue = BatchQueue(call_embed, max_batch_size, CALLS_IN_FLIGHT, max_queued)
-    return ModelClient(embed=queue.submit, is_loaded=is_loaded)
+    return ModelClient(embed=queue.submit, load_problem=load_problem)

@@ -102,24 +102,3 @@ def loggable_path(path: str) -> str:
     """The path on one line and at most 200 characters: it comes from the client, before any key is checked, and a
     decoded %0A in it would otherwise start a forged log line."""
     return path[:200].encode("unicode_escape").decode("ascii")
-
-
-class ClientErrorTracebacks(logging.Filter):
-    """Drops BentoML's ERROR traceback for a body that failed validation, or that stopped coming (the client left,
-    or the body limit cut it): client errors, answered with a 4xx and logged on the request's own line, and not a
-    fault of the server worth forty lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml.exceptions import BentoMLException
-        from pydantic import ValidationError
-        from starlette.requests import ClientDisconnect
-
-        error = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(error, ValidationError | ClientDisconnect) or (
-            isinstance(error, BentoMLException) and error.error_code < 500
-        )
-        return not client_error
-
-
-BENTOML_ENDPOINT_LOGGER = "bentoml._internal.server.http_app"
-"""The logger of BentoML's API endpoint wrapper, which logs every exception it answers."""

@@ -3,8 +3,10 @@ tools that already speak it."""
 
 from __future__ import annotations
 
-from embedding_server.core import Embedder, Model
+from typing import TYPE_CHECKING
+
 from embedding_server.errors import ApiError, ErrorCode
+from embedding_server.limits import check_item_count, check_text_length
 from embedding_server.schemas import (
     OpenAIEmbedding,
     OpenAIEmbeddingRequest,
@@ -13,7 +15,11 @@ from embedding_server.schemas import (
     OpenAIModelList,
     OpenAIUsage,
 )
+from embedding_server.served_model import Model
 from embedding_server.wire import encode_vectors
+
+if TYPE_CHECKING:  # the Embedder holds this object: a run-time import would be circular
+    from embedding_server.embedder import Embedder
 
 
 class OpenAIEmbeddings:
@@ -68,9 +74,7 @@ class OpenAIEmbeddings:
 
     def _texts(self, input: str | list) -> list[str]:
         texts = [input] if isinstance(input, str) else input
-        settings = self.embedder.settings
-        if not texts:
-            raise ApiError(ErrorCode.EMPTY_INPUT, "input is an empty list", param="input")
+        check_item_count(len(texts), "texts", param="input")
         not_text = next((index for index, text in enumerate(texts) if not isinstance(text, str)), None)
         if not_text is not None:
             raise ApiError(
@@ -79,18 +83,6 @@ class OpenAIEmbeddings:
                 not_text,
                 param="input",
             )
-        if len(texts) > settings.max_items_per_request:
-            raise ApiError(
-                ErrorCode.TOO_MANY_ITEMS,
-                f"input has {len(texts)} texts, more than {settings.max_items_per_request}",
-                param="input",
-            )
         for index, text in enumerate(texts):
-            if len(text) > settings.max_text_chars:
-                raise ApiError(
-                    ErrorCode.TEXT_TOO_LONG,
-                    f"input {index} has {len(text)} characters, more than {settings.max_text_chars}",
-                    index,
-                    param="input",
-                )
+            check_text_length(text, index, param="input")
         return texts

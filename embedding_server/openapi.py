@@ -7,7 +7,7 @@ BentoML 1.4 generates the document from the pydantic specs of each `@bentoml.api
 - it documents its own error body (`{"error": "<text>"}`) with 400/404/500 on every route, where this API answers
   `{"error": {"code", "message", "index"}}` (OpenAI's error body on /v1) with the statuses of `errors.STATUS`;
 - it omits the routes of mounted Starlette apps (`GET /health`, `GET /v1/models`) and the multipart form of the
-  upload routes;
+  upload routes (router.py serves both forms);
 - it declares OpenAPI 3.0 but writes pydantic's JSON Schema 2020-12 (`{"type": "null"}`, `const`).
 
 `document()` takes BentoML's document and corrects it; `OpenAPIDocumentMiddleware` serves the result at /docs.json
@@ -21,13 +21,14 @@ from collections import defaultdict
 from http import HTTPStatus
 from typing import Any
 
-from _bentoml_sdk.service.openapi import REF_TEMPLATE
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from embedding_server.errors import STATUS, ErrorCode, openai_route
+from embedding_server.errors import STATUS, ErrorCode
+from embedding_server.routes import API_ROUTES, DOCS_PATH, HEALTH_PATH, MODELS_PATH
 from embedding_server.schemas import HealthResponse, OpenAIModelList
 
-DOCUMENT_PATH = "/docs.json"
+REF_TEMPLATE = "#/components/schemas/{model}"
+"""Where BentoML's document keeps its schemas, and so where this one's refer to (tests/test_bentoml_pins.py)."""
 _BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
 _JSON = "application/json"
 
@@ -97,16 +98,17 @@ def document(service: Any) -> dict[str, Any]:
     for name in _BENTOML_ERRORS:
         schemas.pop(name, None)
     schemas.update(ERROR_SCHEMAS)
-    for api in service.apis.values():
-        operation = spec["paths"][api.route]["post"]
+    for route in API_ROUTES.values():
+        operation = spec["paths"][route.path]["post"]
         for media in operation["requestBody"]["content"].values():
-            _unflatten(media["schema"], api.input_spec, "validation", schemas)
+            _unflatten(media["schema"], route.request, "validation", schemas)
         ok = {str(status): response for status, response in operation["responses"].items()}["200"]
         for media in ok.get("content", {}).values():
-            _unflatten(media["schema"], api.output_spec, "serialization", schemas)
-        errors = "OpenAIErrorResponse" if openai_route(api.route) else "ErrorResponse"
+            _unflatten(media["schema"], route.response, "serialization", schemas)
+        if route.upload is not None:
+            operation["requestBody"]["content"]["multipart/form-data"] = {"schema": route.upload.schema}
+        errors = "OpenAIErrorResponse" if route.openai else "ErrorResponse"
         operation["responses"] = {"200": ok, **error_responses(errors)}
-    _add_uploads(spec["paths"])
     _add_get_routes(spec["paths"], schemas)
     if "/readyz" in spec["paths"]:
         spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
@@ -131,44 +133,12 @@ def _model_schema(model: Any, mode: str, schemas: dict[str, Any]) -> dict[str, A
     return full
 
 
-def _add_uploads(paths: dict[str, Any]) -> None:
-    """The multipart form of the upload routes (embedding_server/uploads.py), beside their JSON form."""
-    options = {
-        "type": "string",
-        "description": 'The JSON body\'s other fields as JSON, e.g. {"normalize": false, "encoding": "base64"}.',
-    }
-    forms = {
-        "/embed/image": {
-            "type": "object",
-            "required": ["images"],
-            "properties": {
-                "images": {
-                    "type": "array",
-                    "items": {"type": "string", "format": "binary"},
-                    "description": "Image files, in order (every file part is an image, whatever its name).",
-                },
-                "options": options,
-            },
-        },
-        "/embed/batch": {
-            "type": "object",
-            "properties": {"options": options},
-            "additionalProperties": {"type": "string", "format": "binary"},
-            "description": "Every part is an item whose id is the part's name: a file is an image, a text/* file or "
-            "a plain field a text.",
-        },
-    }
-    for route, form in forms.items():
-        if route in paths:
-            paths[route]["post"]["requestBody"]["content"]["multipart/form-data"] = {"schema": form}
-
-
 def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
     """The GET routes that service.py mounts as a Starlette app, which BentoML does not document."""
     for model in (HealthResponse, OpenAIModelList):
         schemas[model.__name__] = _model_schema(model, "serialization", schemas)
     health = {"content": {_JSON: {"schema": _ref("HealthResponse")}}}
-    paths["/health"] = {
+    paths[HEALTH_PATH] = {
         "get": {
             "tags": ["Infrastructure"],
             "description": "Models loaded and answering, memory, uptime.",
@@ -179,7 +149,7 @@ def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
         }
     }
     unauthorized = error_responses("OpenAIErrorResponse")[str(HTTPStatus.UNAUTHORIZED.value)]
-    paths["/v1/models"] = {
+    paths[MODELS_PATH] = {
         "get": {
             "tags": ["Service APIs"],
             "description": "The models that /v1/embeddings serves (OpenAI's model list).",
@@ -228,7 +198,7 @@ class OpenAPIDocumentMiddleware:
         self.body: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != DOCUMENT_PATH or scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] != "http" or scope["path"] != DOCS_PATH or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         if self.body is None:

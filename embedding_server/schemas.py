@@ -4,29 +4,52 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+from pydantic_core import PydanticCustomError
 
+from embedding_server import limits
+from embedding_server.errors import ApiError
 from embedding_server.settings import get_settings
 
-_settings = get_settings()
 
-Text = Annotated[str, Field(max_length=_settings.max_text_chars)]
-ItemList = Field(min_length=1, max_length=_settings.max_items_per_request)
+def _checked(check):
+    """A limit check of `limits` as a pydantic validator: its ApiError as a pydantic error whose type is the code."""
+
+    def validate(value):
+        try:
+            check(value)
+        except ApiError as error:
+            raise PydanticCustomError(error.code.value, error.message) from None
+        return value
+
+    return AfterValidator(validate)
+
+
+def _documented(**bounds):
+    """The limits in the JSON schema (the OpenAPI document), as they are when the document is made."""
+    return lambda schema: schema.update({key: bound() for key, bound in bounds.items()})
+
+
+def _image_list_description(schema: dict) -> None:
+    schema["description"] = "data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF)." + (
+        " Also http(s) URLs, which the server fetches (public addresses or its allowlist only, at most 3 redirects)."
+        if get_settings().allow_image_urls
+        else ""
+    )
+    schema["maxItems"] = limits.max_items()
+
+
+Text = Annotated[
+    str, _checked(limits.check_text_length), Field(json_schema_extra=_documented(maxLength=limits.max_text_chars))
+]
+ItemCount = _checked(lambda items: limits.check_item_count(len(items)))
+ItemList = Field(min_length=1, json_schema_extra=_documented(maxItems=limits.max_items))
 Encoding = Literal["float", "base64"]
 Vector = Annotated[
     list[float] | str,
     Field(description="The vector as numbers, or with encoding base64 its little-endian float32 bytes."),
 ]
-ImageList = Field(
-    min_length=1,
-    max_length=_settings.max_items_per_request,
-    description="data:image/...;base64,... URLs or bare base64 (PNG, JPEG, WebP, GIF, BMP, TIFF)."
-    + (
-        " Also http(s) URLs, which the server fetches (public addresses or its allowlist only, at most 3 redirects)."
-        if _settings.allow_image_urls
-        else ""
-    ),
-)
+ImageList = Field(min_length=1, json_schema_extra=_image_list_description)
 EncodingField = Field(
     "float", description="float: vectors as JSON numbers; base64: each vector's little-endian float32 bytes in base64."
 )
@@ -39,14 +62,14 @@ class RequestBody(BaseModel):
 
 
 class EmbedTextRequest(RequestBody):
-    texts: list[Text] = ItemList
+    texts: Annotated[list[Text], ItemCount] = ItemList
     normalize: bool = Field(True, description="L2-normalise each vector.")
     truncate: bool = Field(True, description="Cut texts over the model's token limit; when false they are a 422.")
     encoding: Encoding = EncodingField
 
 
 class EmbedImageRequest(RequestBody):
-    images: list[str] = ImageList
+    images: Annotated[list[str], ItemCount] = ImageList
     normalize: bool = True
     encoding: Encoding = EncodingField
 
@@ -58,17 +81,17 @@ class BatchItem(RequestBody):
 
 
 class EmbedBatchRequest(RequestBody):
-    items: list[BatchItem] = ItemList
+    items: Annotated[list[BatchItem], ItemCount] = ItemList
     normalize: bool = True
     truncate: bool = True
     encoding: Encoding = EncodingField
 
 
 class ClassifyImageRequest(RequestBody):
-    images: list[str] = ImageList
-    labels: list[Text] = Field(
+    images: Annotated[list[str], ItemCount] = ImageList
+    labels: Annotated[list[Text], ItemCount] = Field(
         min_length=1,
-        max_length=_settings.max_items_per_request,
+        json_schema_extra=_documented(maxItems=limits.max_items),
         description='Candidate labels, compared with each image as CLIP does; prompts such as "a photo of a cat" '
         "work better than bare words.",
     )

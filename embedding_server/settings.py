@@ -57,10 +57,6 @@ class Settings(BaseSettings):
         description="When CLIP's text tower (/embed/image-text, /classify/image) is loaded: at its first call, so that "
         "a server that never uses it does not hold its ~190 MB, or at start.",
     )
-    test_forward_delay_s: float = Field(0.0, ge=0, description="Tests only: seconds added to every forward pass.")
-    test_fail_batch_size: int = Field(
-        0, ge=0, description="Tests only: a forward pass of exactly this many items raises an error."
-    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the models run.")
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",

@@ -207,9 +207,10 @@ def test_vectors_equal_those_of_bentoml_serve_on_the_same_store(built, container
 
 def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(built, tmp_path):
     timeout_s = 20
-    running = start_container(tmp_path, TEST_FORWARD_DELAY_S="1", REQUEST_TIMEOUT_S=str(timeout_s))
+    running = start_container(tmp_path, REQUEST_TIMEOUT_S=str(timeout_s))
     try:
-        body = {"texts": ["in flight"]}
+        # 64 texts of ~240 tokens: most of a second of the model's time each, so that all are still in flight.
+        body = {"texts": [" ".join(["a text long enough to keep the model busy"] * 27)] * 64}
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(requests.post, running.url + "/embed/text", json=body, timeout=60) for _ in range(8)]
             time.sleep(0.5)  # all eight are in the API, two calls at the model

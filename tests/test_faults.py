@@ -15,6 +15,9 @@ import requests
 from conftest import data_url, image_bytes, service_worker, start_server, stop_server
 from test_operations import sample, scrape
 
+FAULTY = "tests.faulty_service:EmbeddingAPI"
+"""The real service with faults in its forward passes (tests/faulty_service.py)."""
+
 TEXT = {"route": "/embed/text", "json": {"texts": ["a sentence about faults"]}}
 IMAGE = {"route": "/embed/image", "json": {"images": [data_url(image_bytes())]}}
 
@@ -48,8 +51,9 @@ def faulty_server(model_store, tmp_path_factory):
     running = start_server(
         model_store,
         tmp_path_factory.mktemp("logs") / "faulty.log",
-        TEST_FORWARD_DELAY_S="1",
-        TEST_FAIL_BATCH_SIZE="7",
+        target=FAULTY,
+        FAULT_FORWARD_DELAY_S="1",
+        FAULT_FAIL_BATCH_SIZE="7",
     )
     yield running
     stop_server(running)
@@ -105,8 +109,9 @@ def small_server(model_store, tmp_path_factory):
     running = start_server(
         model_store,
         tmp_path_factory.mktemp("logs") / "small.log",
+        target=FAULTY,
         IMAGE_MODEL_NAME="",
-        TEST_FORWARD_DELAY_S=str(FORWARD_S),
+        FAULT_FORWARD_DELAY_S=str(FORWARD_S),
         REQUEST_TIMEOUT_S="2.5",
         MAX_QUEUED_ITEMS="4",
         MAX_ITEMS_PER_REQUEST="4",
@@ -188,7 +193,9 @@ def test_a_client_that_leaves_leaves_no_work_behind(small_server):
 def test_sigterm_lets_requests_in_flight_finish_and_exits_0(model_store, tmp_path, to):
     """`docker stop` signals the arbiter; Ctrl-C, systemd and `kill -- -pgid` the whole group, so that each model
     worker hears the signal twice (the arbiter forwards it)."""
-    server = start_server(model_store, tmp_path / "sigterm.log", IMAGE_MODEL_NAME="", TEST_FORWARD_DELAY_S="1")
+    server = start_server(
+        model_store, tmp_path / "sigterm.log", target=FAULTY, IMAGE_MODEL_NAME="", FAULT_FORWARD_DELAY_S="1"
+    )
     try:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(post, server, TEXT) for _ in range(8)]

@@ -72,3 +72,40 @@ def test_clip_stored_before_its_text_tower_was_imported(model_store, tmp_path):
             assert error["code"] == "model_unavailable" and "import_models.py --force" in error["message"]
     finally:
         stop_server(server)
+
+
+def test_a_stored_model_that_fails_to_load_answers_503_naming_the_load_error(model_store, tmp_path):
+    """The text model is in the store but its ONNX file is corrupt: every route that needs it, and every batch item,
+    says so (503 model_unavailable with the load error), /health names it, and the image model goes on."""
+    home = copy_store(model_store, tmp_path / "home", keep="")
+    (onnx_file,) = (home / "models").glob("sentence-transformers--all-minilm-l6-v2/*/onnx/model.onnx")
+    onnx_file.write_bytes(b"not an ONNX model")
+    server = start_server(home, tmp_path / "corrupt.log", ready_path="/health")
+    try:
+        health = server.get("/health")
+        assert health.status_code == 503 and health.json()["models"] == {"text": False, "image": True}
+        problem = health.json()["problems"]["text"]
+        assert "failed to load" in problem and "model.onnx" in problem, problem
+        assert server.get("/readyz").status_code == 503
+
+        for route, body in [
+            ("/embed/text", {"texts": ["hi"]}),
+            ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": "hi"}),
+        ]:
+            response = server.post(route, json=body)
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "model_unavailable" and error["message"] == problem, error
+        batch = server.post(
+            "/embed/batch",
+            json={
+                "items": [
+                    {"id": "t", "type": "text", "content": "hi"},
+                    {"id": "i", "type": "image", "content": data_url(image_bytes())},
+                ]
+            },
+        ).json()
+        assert batch["results"][0]["error"] == {"code": "model_unavailable", "message": problem}
+        assert "embedding" in batch["results"][1]
+    finally:
+        stop_server(server)
