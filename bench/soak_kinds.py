@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# urllib3 (a dependency of the server and of requests) for its multipart encoder alone: one plain call turns the
+# urllib3 (a dependency of requests) for its multipart encoder alone: one plain call turns the
 # parts, in the order given and with a fixed boundary, into the bytes that every run sends; aiohttp's encoder is a
 # coroutine, and requests' is private and draws a random boundary.
 from urllib3 import encode_multipart_formdata

@@ -27,6 +27,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urljoin
 
@@ -111,12 +112,13 @@ class _NotPublic(Exception):
 
 
 class _PublicResolver(AbstractResolver):
-    """aiohttp's resolver, refusing a name (one that does not resolve alike, so that none can be probed) unless it
-    is allowlisted or every address it resolves to is public."""
+    """Resolves in threads of its own (not the loop's default pool, which tokenising and image decoding share, so
+    that a slow DNS server cannot stall them), refusing a name (one that does not resolve alike, so that none can be
+    probed) unless it is allowlisted or every address it resolves to is public."""
 
-    def __init__(self, allowlist: frozenset[str]) -> None:
-        self._resolver = aiohttp.DefaultResolver()
+    def __init__(self, allowlist: frozenset[str], threads: int) -> None:
         self._allowlist = allowlist
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dns")
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -124,22 +126,34 @@ class _PublicResolver(AbstractResolver):
         name = normalize_host(host)  # without a trailing dot: `localhost.` is in no hosts file
         # aiohttp passes the host IDNA-encoded; the allowlist has it as the URL's `host`, decoded.
         allowlisted = normalize_host(URL.build(scheme="http", host=name, encoded=True).host or "") in self._allowlist
+        lookup = functools.partial(socket.getaddrinfo, name, port, family, socket.SOCK_STREAM)
         try:
-            results = await self._resolver.resolve(name, port, family)
+            infos = await asyncio.get_running_loop().run_in_executor(self._pool, lookup)
         except (OSError, UnicodeError) as exc:  # an OSError becomes aiohttp's DNS error
             raise (OSError(exc) if allowlisted else _NotPublic()) from exc
+        results = [
+            ResolveResult(
+                hostname=host,
+                host=address[0],
+                port=address[1],
+                family=address_family,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address_family, _, proto, _, address in infos
+        ]
         if not (allowlisted or (results and all(is_public_address(result["host"]) for result in results))):
             raise _NotPublic()
         return results
 
     async def close(self) -> None:
-        await self._resolver.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _session(settings: Settings) -> aiohttp.ClientSession:
     """A session whose every new connection is checked; belongs to the running loop."""
     connector = aiohttp.TCPConnector(
-        resolver=_PublicResolver(allowed_hosts(settings.image_url_allowlist)),
+        resolver=_PublicResolver(allowed_hosts(settings.image_url_allowlist), settings.image_fetch_concurrency),
         ssl=ssl.create_default_context(cafile=certifi.where()),
     )
     # No cookie jar: a remote's cookies must not follow one client's fetch into another's.

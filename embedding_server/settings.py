@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     image_fetch_concurrency: int = Field(
         8,
         ge=1,
-        description="Image URLs fetched at once by each API worker, in threads of their own; more wait their turn.",
+        description="Image URLs fetched at once by each API worker (their DNS lookups in threads of their own); "
+        "more wait their turn.",
     )
 
     @property
