@@ -1,11 +1,11 @@
 """Continuous batching: whatever queued while the previous batch ran goes out as the next batch, at once.
 
-Used twice. The API coalesces concurrent requests for a model into one call to its model service, so that under load
-the model service handles a few large calls instead of one HTTP call per request; a model service runs what reaches
-it as one forward pass. BentoML's adaptive batching was measured here and replaced (README, Performance): its
-dispatcher learns how long to hold requests from the waits it saw under load, so after a burst a lone request was
-held for hundreds of milliseconds, and its one deadline both batches and sheds requests. Here a request never waits
-for company: when nothing runs it goes at once, and under load batches fill by themselves while the previous runs.
+The API coalesces concurrent requests for a model into one call to its model service, so that under load the model
+service handles a few large calls instead of one HTTP call per request, each one forward pass in its ForwardThread.
+BentoML's adaptive batching was measured here and replaced (README, Performance): its dispatcher learns how long to
+hold requests from the waits it saw under load, so after a burst a lone request was held for hundreds of
+milliseconds, and its one deadline both batches and sheds requests. Here a request never waits for company: when
+nothing runs it goes at once, and under load batches fill by themselves while the previous runs.
 """
 
 from __future__ import annotations

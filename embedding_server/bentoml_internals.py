@@ -1,7 +1,9 @@
 """Every BentoML name or behaviour that this server relies on and BentoML does not document, in one place.
 
 Each has a comment saying why no public API does the job, and tests/test_bentoml_pins.py fails with a clear message
-when a BentoML upgrade changes one of them.
+when a BentoML (or uvicorn) upgrade changes one of them. One more is a matter of order, not of a name: a service's
+__init__ runs inside uvicorn's signal capture (uvicorn.Server.serve installs its handlers, then starts the app, whose
+start-up creates the service), which is where draining.py finds the handler it delays.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ WORKER_SERVICE_FLAG = "--service-name"
 """How `bentoml serve` names the service a worker process runs, in the worker's command line. A model service must
 know when the API worker beside it has exited (draining.py), and BentoML offers no public way to learn about the
 other services' processes."""
+
+OPENAPI_REF_TEMPLATE = "#/components/schemas/{model}"
+"""Where BentoML's OpenAPI document keeps its schemas: the corrected document (openapi.py) adds its own beside them
+and refers to them the same way."""
+
+OPENAPI_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+"""The error bodies that BentoML documents on every route, which this API does not answer with (openapi.py drops
+them)."""
 
 MODEL_SERVICE_TYPE = "service"
 """The value of the public `bentoml.server_context.service_type` in a worker of a dependency (a model service), where

@@ -19,6 +19,7 @@ shutdown_requested = threading.Event()
 """Set at this process's first SIGTERM or SIGINT: from then on the API reports itself not ready."""
 
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
+_installed = False
 
 
 def delay_exit(stop_condition: Callable[[], Callable[[], bool]]) -> None:
@@ -28,8 +29,13 @@ def delay_exit(stop_condition: Callable[[], Callable[[], bool]]) -> None:
     already got: Ctrl-C, `kill -- -pgid`, systemd); a second SIGINT, a second Ctrl-C, stops it at once.
 
     Call it from a service's __init__: uvicorn installs its own handlers before it starts the app, whose start-up
-    creates the service, so the handler found here is uvicorn's, and it is called in the end.
+    creates the service (bentoml_internals.py), so the handler found here is uvicorn's, and it is called in the end.
+    Only the first call in a process counts: `bentoml serve --development` creates all three services in one.
     """
+    global _installed
+    if _installed:
+        return
+    _installed = True
     stop_now = {sig: signal.getsignal(sig) for sig in _HANDLED}
     if not all(callable(handler) for handler in stop_now.values()):
         raise RuntimeError(f"no server signal handler to delay: {stop_now}")

@@ -124,7 +124,7 @@ class Embedder:
         problems = await asyncio.gather(*(m.health_problem() for m in models))
         rss, processes = tree_rss_bytes(psutil.Process(os.getppid()))  # the `bentoml serve` that started this worker
         return HealthResponse(
-            status="stopping" if stopping else "unavailable" if any(problems) else "ok",
+            status="stopping" if stopping else "ok" if all(p is None for p in problems) else "unavailable",
             models={m.modality.value: problem is None for m, problem in zip(models, problems, strict=True)},
             problems={m.modality.value: p for m, p in zip(models, problems, strict=True) if p is not None},
             memory={"rss_total": round(rss / 2**20, 1), "processes": float(processes)},

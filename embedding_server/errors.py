@@ -115,6 +115,8 @@ _VALIDATION_CODES = {
     "json_type": ErrorCode.INVALID_JSON,
     "missing": ErrorCode.MISSING_FIELD,
     "too_short": ErrorCode.EMPTY_INPUT,
+    "too_long": ErrorCode.TOO_MANY_ITEMS,
+    "string_too_long": ErrorCode.TEXT_TOO_LONG,
     **{code.value: code for code in ErrorCode},
 }
 

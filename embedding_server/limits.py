@@ -20,8 +20,9 @@ def check_text_length(text: str, index: int | None = None, param: str | None = N
     """At most MAX_TEXT_CHARS characters."""
     limit = get_settings().max_text_chars
     if len(text) > limit:
+        which = "text" if index is None else f"text {index}"
         raise ApiError(
-            ErrorCode.TEXT_TOO_LONG, f"text has {len(text)} characters, more than {limit}", index, param=param
+            ErrorCode.TEXT_TOO_LONG, f"{which} has {len(text)} characters, more than {limit}", index, param=param
         )
 
 

@@ -80,7 +80,7 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
 
 def counted_forward(model: str, forward: Callable, thread: ForwardThread) -> Callable[[Any], Awaitable[Any]]:
     """`forward` as a model service runs it: in the process's forward thread, one call after the other (the API
-    already sends whole batches, at most two calls at a time), each batch's size counted in the `model` series."""
+    already sends whole batches), each batch's size counted in the `model` series."""
 
     def counted(inputs):
         MODEL_BATCH_SIZE.labels(model).observe(len(inputs))

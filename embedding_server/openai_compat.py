@@ -74,7 +74,6 @@ class OpenAIEmbeddings:
 
     def _texts(self, input: str | list) -> list[str]:
         texts = [input] if isinstance(input, str) else input
-        check_item_count(len(texts), "texts", param="input")
         not_text = next((index for index, text in enumerate(texts) if not isinstance(text, str)), None)
         if not_text is not None:
             raise ApiError(
@@ -83,6 +82,7 @@ class OpenAIEmbeddings:
                 not_text,
                 param="input",
             )
+        check_item_count(len(texts), "texts", param="input")
         for index, text in enumerate(texts):
             check_text_length(text, index, param="input")
         return texts

@@ -23,18 +23,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedding_server.bentoml_internals import OPENAPI_ERROR_SCHEMAS, OPENAPI_REF_TEMPLATE
 from embedding_server.errors import STATUS, ErrorCode
 from embedding_server.routes import API_ROUTES, DOCS_PATH, HEALTH_PATH, MODELS_PATH
 from embedding_server.schemas import HealthResponse, OpenAIModelList
 
-REF_TEMPLATE = "#/components/schemas/{model}"
-"""Where BentoML's document keeps its schemas, and so where this one's refer to (tests/test_bentoml_pins.py)."""
-_BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
 _JSON = "application/json"
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": REF_TEMPLATE.format(model=name)}
+    return {"$ref": OPENAPI_REF_TEMPLATE.format(model=name)}
 
 
 ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -95,7 +93,7 @@ def document(service: Any) -> dict[str, Any]:
     """BentoML's OpenAPI document of `service` (a `bentoml.Service`), corrected."""
     spec = service.openapi_spec.asdict()
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    for name in _BENTOML_ERRORS:
+    for name in OPENAPI_ERROR_SCHEMAS:
         schemas.pop(name, None)
     schemas.update(ERROR_SCHEMAS)
     for route in API_ROUTES.values():
@@ -127,7 +125,7 @@ def _unflatten(schema: dict[str, Any], model: Any, mode: str, schemas: dict[str,
 
 def _model_schema(model: Any, mode: str, schemas: dict[str, Any]) -> dict[str, Any]:
     """`model`'s JSON schema, the models it refers to added to the document's `schemas`."""
-    full = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
+    full = model.model_json_schema(ref_template=OPENAPI_REF_TEMPLATE, mode=mode)
     for name, definition in full.pop("$defs", {}).items():
         schemas.setdefault(name, definition)
     return full

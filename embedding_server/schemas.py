@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
 from pydantic_core import PydanticCustomError
 
 from embedding_server import limits
@@ -12,7 +12,7 @@ from embedding_server.errors import ApiError
 from embedding_server.settings import get_settings
 
 
-def _checked(check):
+def _checked(check, validator=AfterValidator):
     """A limit check of `limits` as a pydantic validator: its ApiError as a pydantic error whose type is the code."""
 
     def validate(value):
@@ -22,7 +22,7 @@ def _checked(check):
             raise PydanticCustomError(error.code.value, error.message) from None
         return value
 
-    return AfterValidator(validate)
+    return validator(validate)
 
 
 def _documented(**bounds):
@@ -42,7 +42,8 @@ def _image_list_description(schema: dict) -> None:
 Text = Annotated[
     str, _checked(limits.check_text_length), Field(json_schema_extra=_documented(maxLength=limits.max_text_chars))
 ]
-ItemCount = _checked(lambda items: limits.check_item_count(len(items)))
+# Before the items are validated: a list over the limit is refused as such, without a look at its items.
+ItemCount = _checked(lambda items: isinstance(items, list) and limits.check_item_count(len(items)), BeforeValidator)
 ItemList = Field(min_length=1, json_schema_extra=_documented(maxItems=limits.max_items))
 Encoding = Literal["float", "base64"]
 Vector = Annotated[
@@ -56,7 +57,7 @@ EncodingField = Field(
 
 
 class RequestBody(BaseModel):
-    """A request's body: when it does not validate, BentoML logs pydantic's error, which must not quote the content."""
+    """A request's body: pydantic's errors must not quote its content, which may be a user's private text."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
 

@@ -104,7 +104,7 @@ class Model:
         try:
             vectors = await self.require().embed(inputs)
         except ModelNotLoaded as exc:
-            failed = f"{self.modality.value} model service has no model loaded: {exc}"
+            failed = f"{self.modality.value} model service is unavailable: {exc}"
             raise ApiError(ErrorCode.MODEL_UNAVAILABLE, await self.health_problem(failed) or failed) from exc
         except ModelUnavailable as exc:
             raise ApiError(ErrorCode.MODEL_UNAVAILABLE, f"{self.modality.value} model service failed: {exc}") from exc

@@ -43,7 +43,7 @@ def test_bento_contains_models_code_requirements_and_a_cuda_image(built_bento):
         assert tag.split(":")[0] == name
         assert (home / "models" / name / tag.split(":")[1] / "model.safetensors").is_file()
     assert models["embedding_api"] == [] and manifest["entry_service"] == "embedding_api"
-    for source in ("service.py", "embedding_server/core.py", "models/text.py", "models/image.py"):
+    for source in ("service.py", "embedding_server/embedder.py", "models/text.py", "models/image.py"):
         assert (bento / "src" / source).is_file(), source
     assert not (bento / "src" / "tests").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

@@ -11,7 +11,6 @@ import psutil
 from conftest import ROOT
 
 from embedding_server import bentoml_internals
-from embedding_server.openapi import REF_TEMPLATE
 
 UPGRADE = "BentoML changed it: see embedding_server/bentoml_internals.py"
 
@@ -46,13 +45,32 @@ def test_the_service_type_names_a_model_service_apart_from_the_api():
 
 
 def test_the_openapi_document_keeps_its_schemas_where_this_one_refers(server):
-    from _bentoml_sdk.service.openapi import REF_TEMPLATE as BENTOML_REF_TEMPLATE
+    from _bentoml_sdk.service.openapi import REF_TEMPLATE
 
-    assert BENTOML_REF_TEMPLATE == REF_TEMPLATE, f"BentoML's $refs are now {BENTOML_REF_TEMPLATE}: {UPGRADE}"
+    assert REF_TEMPLATE == bentoml_internals.OPENAPI_REF_TEMPLATE, f"BentoML's $refs are now {REF_TEMPLATE}: {UPGRADE}"
     text = server.get("/docs.json").text
     schemas = json.loads(text)["components"]["schemas"]
     refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
     assert refs and refs <= set(schemas), f"refs to schemas the document lacks: {refs - set(schemas)}"
+
+
+def test_bentoml_documents_the_error_bodies_that_the_corrected_document_drops():
+    from _bentoml_sdk.service import openapi
+
+    documented = set(re.findall(r"#/components/schemas/(\w+)", repr(openapi.error_responses)))
+    assert documented == set(bentoml_internals.OPENAPI_ERROR_SCHEMAS), (
+        f"BentoML's error bodies: {documented}: {UPGRADE}"
+    )
+
+
+def test_a_service_is_created_inside_uvicorns_signal_capture():
+    """draining.py finds uvicorn's handler from the service's __init__."""
+    import uvicorn
+
+    serve = inspect.getsource(uvicorn.Server.serve)
+    assert "capture_signals" in serve and serve.index("capture_signals") < serve.index("_serve("), (
+        f"uvicorn no longer installs its signal handlers around the app's start-up: {UPGRADE}"
+    )
 
 
 def test_no_other_private_bentoml_name_is_used():

@@ -214,6 +214,7 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(built, tmp
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(requests.post, running.url + "/embed/text", json=body, timeout=60) for _ in range(8)]
             time.sleep(0.5)  # all eight are in the API, two calls at the model
+            assert not any(answer.done() for answer in answers), "the requests ended before the signal"
             signalled = time.monotonic()
             running.server_process().send_signal(signal.SIGTERM)  # what `docker stop` sends PID 1
             assert [answer.result().status_code for answer in answers] == [200] * 8
