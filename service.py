@@ -6,7 +6,10 @@ POST /embed/batch       mixed text and image items with ids (JSON or multipart) 
                         failing alone
 POST /embed/image-text  texts -> vectors in the image space (CLIP's text tower), to search images by text
 POST /classify/image    images and candidate labels -> each image's labels by probability (CLIP zero-shot)
-POST /v1/embeddings     the OpenAI embeddings API; GET /v1/models lists what it serves
+POST /v1/embeddings     the OpenAI embeddings API (texts, or cl100k_base token ids); GET /v1/models lists what it serves
+POST /embeddings        infinity's multimodal form of it (`modality`: text or image)
+POST /embed, POST /     text-embeddings-inference's API, with /tokenize, /decode, /similarity and GET /info
+                        (routes.py; served by router.py)
 GET  /health            models loaded and answering, memory, uptime (503 when a configured model is not)
 GET  /metrics           Prometheus: BentoML's series and this server's (embedding_server/observability.py)
 """
@@ -175,11 +178,19 @@ async def list_models(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().embedder.openai_models().model_dump())
 
 
+async def tei_info(_: Request) -> JSONResponse:
+    try:
+        return JSONResponse(bentoml.get_current_service().embedder.tei.info().model_dump())
+    except ApiError as error:
+        return error.to_response("tei")
+
+
 # BentoML's own APIs answer POST only; the GET routes are a plain Starlette app mounted beside them.
 get_routes = Starlette(
     routes=[
         Route(routes.HEALTH_PATH, health, methods=["GET"]),
         Route(routes.MODELS_PATH, list_models, methods=["GET"]),
+        Route(routes.TEI_INFO_PATH, tei_info, methods=["GET"]),
     ]
 )
 
@@ -257,7 +268,7 @@ class EmbeddingAPI:
         try:
             return await route.handle(self.embedder, route.request.model_construct(**request))
         except ApiError as error:
-            return error.to_response(route.openai)
+            return error.to_response(route.errors)
 
     async def __is_ready__(self) -> bool:
         return not shutdown_requested.is_set() and (await self.embedder.health()).status == "ok"

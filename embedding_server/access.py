@@ -7,7 +7,7 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedding_server.errors import ApiError, ErrorCode
-from embedding_server.routes import PROBE_PATHS, openai_errors
+from embedding_server.routes import PROBE_PATHS, error_body
 
 
 class ApiKeyMiddleware:
@@ -26,7 +26,7 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         error = ApiError(ErrorCode.UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>")
-        await error.to_response(openai=openai_errors(scope["path"]))(scope, receive, send)
+        await error.to_response(error_body(scope["path"]))(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
         given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_server.errors import ApiError, ErrorCode
-from embedding_server.routes import openai_errors
+from embedding_server.routes import error_body
 
 
 class BodyLimitMiddleware:
@@ -61,4 +61,4 @@ class BodyLimitMiddleware:
         error = ApiError(
             ErrorCode.REQUEST_TOO_LARGE, f"request body is over {self.max_bytes} bytes (MAX_REQUEST_BYTES)"
         )
-        await error.to_response(openai=openai_errors(scope["path"]))(scope, receive, send)
+        await error.to_response(error_body(scope["path"]))(scope, receive, send)

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_server.errors import ApiError, ErrorCode
 from embedding_server.observability import record_error
-from embedding_server.routes import openai_errors
+from embedding_server.routes import error_body
 
 CLIENT_CLOSED_REQUEST = 499
 """nginx's status for a request whose client left before the answer: what the log and the metrics show for it."""
@@ -73,7 +73,7 @@ class RequestDeadlineMiddleware:
         error = ApiError(
             ErrorCode.REQUEST_TIMEOUT, f"the request took more than {self.timeout_s:g} s (REQUEST_TIMEOUT_S)"
         )
-        await error.to_response(openai=openai_errors(scope["path"]))(scope, receive, send)
+        await error.to_response(error_body(scope["path"]))(scope, receive, send)
 
     @staticmethod
     async def _client_gone(receive: Receive, body_read: asyncio.Event) -> None:

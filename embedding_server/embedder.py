@@ -43,6 +43,7 @@ from embedding_server.schemas import (
 )
 from embedding_server.served_model import Model
 from embedding_server.settings import Settings
+from embedding_server.tei_compat import TeiApi
 from embedding_server.wire import encode_vectors
 from models.clip_text import zero_shot_probabilities
 from models.preprocess import ImagePreprocessor
@@ -65,6 +66,7 @@ class Embedder:
         self.preprocessor = ImagePreprocessor.from_dir(image.path) if image.path else None
         self.fetcher = ImageFetcher(settings)
         self.openai = OpenAIEmbeddings(self)
+        self.tei = TeiApi(self)
         self.started = time.monotonic()
 
     # --- routes -----------------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ class Embedder:
 
     async def embed_image(self, request: EmbedImageRequest) -> EmbedImageResponse:
         started = time.perf_counter()
-        vectors = await self.image.embed(await self._prepare_images(request.images), request.normalize)
+        vectors = await self.embed_images(request.images, request.normalize)
         return responses.image_response(vectors, self.image, request.encoding, started)
 
     async def classify_image(self, request: ClassifyImageRequest) -> ClassifyImageResponse:
@@ -133,26 +135,31 @@ class Embedder:
 
     # --- stages -----------------------------------------------------------------------------------------------
 
+    async def embed_images(self, images: Sequence[str | bytes], normalize: bool) -> np.ndarray:
+        return await self.image.embed(await self._prepare_images(images), normalize)
+
     async def _embed_text_with(self, model: Model, request: EmbedTextRequest) -> EmbedTextResponse:
         started = time.perf_counter()
         embedded = await self.embed_texts(model, request.texts, request.normalize, request.truncate)
         return responses.text_response(embedded, model, request.encoding, started)
 
-    async def embed_texts(self, model: Model, texts: Sequence[str], normalize: bool, truncate: bool) -> EmbeddedTexts:
-        """Texts through `model`'s tokenizer and model service; a text over the token limit is cut (and reported)
-        or, without `truncate`, a 422 naming it."""
+    async def embed_texts(
+        self, model: Model, texts: Sequence[str], normalize: bool, truncate: bool, side: str = "right"
+    ) -> EmbeddedTexts:
+        """Texts through `model`'s tokenizer and model service; a text over the token limit is cut at its `side`
+        (and reported) or, without `truncate`, a 422 naming it."""
         model.require()
-        tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate)
+        tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate, side=side)
         vectors = await model.embed([t.ids for t in tokenized], normalize)
         if truncated := sum(t.truncated for t in tokenized):
             TEXTS_TRUNCATED.labels(model.name).inc(truncated)
         return EmbeddedTexts(vectors, tokenized)
 
     def _tokenize(
-        self, model: Model, texts: Sequence[str], truncate: bool, first_index: int = 0
+        self, model: Model, texts: Sequence[str], truncate: bool, first_index: int = 0, side: str = "right"
     ) -> list[TokenizedText]:
         tokenizer = self.tokenizers[model.name]
-        tokenized = tokenizer.tokenize(texts)
+        tokenized = tokenizer.tokenize(texts, side)
         if not truncate:
             for index, t in enumerate(tokenized, start=first_index):
                 if t.truncated:

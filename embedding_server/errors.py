@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from http import HTTPStatus
+from typing import Literal
 
 from starlette.responses import JSONResponse
 
@@ -40,6 +41,7 @@ class ErrorCode(str, Enum):
     INVALID_UPLOAD = "invalid_upload"
     UNAUTHORIZED = "unauthorized"
     INTERNAL_ERROR = "internal_error"
+    INVALID_TOKEN_IDS = "invalid_token_ids"
 
 
 STATUS: dict[ErrorCode, HTTPStatus] = {
@@ -58,6 +60,41 @@ STATUS: dict[ErrorCode, HTTPStatus] = {
 }
 """Codes not listed here are 422: the request was JSON but its content can't be embedded."""
 
+ErrorBody = Literal["api", "openai", "tei"]
+"""Which error body a route answers with: this API's, OpenAI's (/v1), or text-embeddings-inference's (its routes)."""
+
+_TEI_ERRORS: dict[ErrorCode, tuple[HTTPStatus, str]] = {
+    # TEI answers an input over a limit (too many inputs, too long) with 413 "Validation", an empty batch with 400.
+    **dict.fromkeys(
+        (
+            ErrorCode.TOO_MANY_ITEMS,
+            ErrorCode.TEXT_TOO_LONG,
+            ErrorCode.TOO_MANY_TOKENS,
+            ErrorCode.REQUEST_TOO_LARGE,
+            ErrorCode.IMAGE_TOO_LARGE,
+            ErrorCode.TOO_MANY_PIXELS,
+        ),
+        (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Validation"),
+    ),
+    ErrorCode.EMPTY_INPUT: (HTTPStatus.BAD_REQUEST, "Empty"),
+    ErrorCode.OVERLOADED: (HTTPStatus.TOO_MANY_REQUESTS, "Overloaded"),
+    ErrorCode.MODEL_UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "Unhealthy"),
+    ErrorCode.MODEL_ERROR: (HTTPStatus.FAILED_DEPENDENCY, "Backend"),
+    ErrorCode.INTERNAL_ERROR: (HTTPStatus.FAILED_DEPENDENCY, "Backend"),
+    ErrorCode.REQUEST_TIMEOUT: (HTTPStatus.GATEWAY_TIMEOUT, "Backend"),
+    ErrorCode.UNAUTHORIZED: (HTTPStatus.UNAUTHORIZED, "Unauthorized"),
+    ErrorCode.INVALID_JSON: (HTTPStatus.UNPROCESSABLE_ENTITY, "Validation"),
+}
+_TEI_DEFAULT = (HTTPStatus.UNPROCESSABLE_ENTITY, "Validation")
+TEI_ERROR_TYPES = sorted({error_type for _, error_type in (*_TEI_ERRORS.values(), _TEI_DEFAULT)})
+
+
+def status_for(code: ErrorCode, flavour: ErrorBody = "api") -> HTTPStatus:
+    """The HTTP status of an error with `code` on a route whose error body is `flavour`."""
+    if flavour == "tei":
+        return _TEI_ERRORS.get(code, _TEI_DEFAULT)[0]
+    return STATUS.get(code, HTTPStatus.UNPROCESSABLE_ENTITY)
+
 
 class ApiError(Exception):
     """A request (or one item of it) that can't be served; `index` names the offending item when there is one."""
@@ -72,7 +109,11 @@ class ApiError(Exception):
 
     @property
     def status(self) -> HTTPStatus:
-        return STATUS.get(self.code, HTTPStatus.UNPROCESSABLE_ENTITY)
+        return status_for(self.code)
+
+    def tei_body(self) -> dict:
+        """text-embeddings-inference's error body, for its routes: `error_type` as TEI names it."""
+        return {"error": self.message, "error_type": _TEI_ERRORS.get(self.code, _TEI_DEFAULT)[1]}
 
     def body(self) -> dict:
         detail = {"code": self.code.value, "message": self.message}
@@ -93,16 +134,16 @@ class ApiError(Exception):
             }
         }
 
-    def to_response(self, openai: bool = False) -> JSONResponse:
+    def to_response(self, flavour: ErrorBody = "api") -> JSONResponse:
         headers = {}
         if self.status == HTTPStatus.SERVICE_UNAVAILABLE:
             # A full queue drains in about a second; a model service that is down takes longer to come back.
             headers["Retry-After"] = "1" if self.code is ErrorCode.OVERLOADED else "5"
         elif self.status == HTTPStatus.UNAUTHORIZED:
             headers["WWW-Authenticate"] = "Bearer"
-        body = self.openai_body() if openai else self.body()
+        body = {"api": self.body, "openai": self.openai_body, "tei": self.tei_body}[flavour]()
         record_error(self.code.value)
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=status_for(self.code, flavour), headers=headers)
 
 
 _OPENAI_TYPES = {HTTPStatus.UNAUTHORIZED: "authentication_error"}

@@ -24,9 +24,9 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedding_server.bentoml_internals import OPENAPI_ERROR_SCHEMAS, OPENAPI_REF_TEMPLATE
-from embedding_server.errors import STATUS, ErrorCode
-from embedding_server.routes import API_ROUTES, DOCS_PATH, HEALTH_PATH, MODELS_PATH
-from embedding_server.schemas import HealthResponse, OpenAIModelList
+from embedding_server.errors import TEI_ERROR_TYPES, ErrorBody, ErrorCode, status_for
+from embedding_server.routes import API_ROUTES, DOCS_PATH, HEALTH_PATH, MODELS_PATH, TEI_INFO_PATH, ApiRoute
+from embedding_server.schemas import HealthResponse, OpenAIModelList, TeiInfo
 
 _JSON = "application/json"
 
@@ -70,20 +70,31 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
                 },
             }
         },
-        "description": "OpenAI's error body, on the /v1 routes.",
+        "description": "OpenAI's error body, on the /v1 routes and /embeddings.",
     },
+    "TeiErrorResponse": {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {"error": {"type": "string"}, "error_type": {"type": "string", "enum": TEI_ERROR_TYPES}},
+        "description": "text-embeddings-inference's error body, on its routes.",
+    },
+}
+ERROR_BODY_SCHEMAS: dict[ErrorBody, str] = {
+    "api": "ErrorResponse",
+    "openai": "OpenAIErrorResponse",
+    "tei": "TeiErrorResponse",
 }
 
 
-def error_responses(schema: str) -> dict[str, dict[str, Any]]:
-    """Every status an ApiError can have, with the codes that give it and the error body `schema`."""
+def error_responses(flavour: ErrorBody) -> dict[str, dict[str, Any]]:
+    """Every status an ApiError can have on a route whose error body is `flavour`, with the codes that give it."""
     codes: dict[int, list[str]] = defaultdict(list)
     for code in ErrorCode:
-        codes[int(STATUS.get(code, HTTPStatus.UNPROCESSABLE_ENTITY))].append(code.value)
+        codes[int(status_for(code, flavour))].append(code.value)
     return {
         str(status): {
             "description": f"{HTTPStatus(status).phrase}: {', '.join(codes[status])}",
-            "content": {_JSON: {"schema": _ref(schema)}},
+            "content": {_JSON: {"schema": _ref(ERROR_BODY_SCHEMAS[flavour])}},
         }
         for status in sorted(codes)
     }
@@ -97,6 +108,9 @@ def document(service: Any) -> dict[str, Any]:
         schemas.pop(name, None)
     schemas.update(ERROR_SCHEMAS)
     for route in API_ROUTES.values():
+        if not route.declared:
+            spec["paths"][route.path] = {"post": _operation(route, schemas)}
+            continue
         operation = spec["paths"][route.path]["post"]
         for media in operation["requestBody"]["content"].values():
             _unflatten(media["schema"], route.request, "validation", schemas)
@@ -105,14 +119,29 @@ def document(service: Any) -> dict[str, Any]:
             _unflatten(media["schema"], route.response, "serialization", schemas)
         if route.upload is not None:
             operation["requestBody"]["content"]["multipart/form-data"] = {"schema": route.upload.schema}
-        errors = "OpenAIErrorResponse" if route.openai else "ErrorResponse"
-        operation["responses"] = {"200": ok, **error_responses(errors)}
+        operation["responses"] = {"200": ok, **error_responses(route.errors)}
     _add_get_routes(spec["paths"], schemas)
     if "/readyz" in spec["paths"]:
         spec["paths"]["/readyz"]["get"]["responses"]["503"] = {
             "description": "Not ready: a model is not available, or the server is stopping."
         }
     return _openapi_30(spec)
+
+
+def _operation(route: ApiRoute, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A route that BentoML does not declare (TEI's, infinity's), documented from the route table alone."""
+    tags = ["text-embeddings-inference"] if route.errors == "tei" else ["Service APIs"]
+    request = _model_schema(route.request, "validation", schemas)
+    response = _model_schema(route.response, "serialization", schemas)
+    return {
+        "tags": tags,
+        "description": (route.request.__doc__ or "").strip() or None,
+        "requestBody": {"required": True, "content": {_JSON: {"schema": request}}},
+        "responses": {
+            "200": {"description": "Successful Response", "content": {_JSON: {"schema": response}}},
+            **error_responses(route.errors),
+        },
+    }
 
 
 def _unflatten(schema: dict[str, Any], model: Any, mode: str, schemas: dict[str, Any]) -> None:
@@ -133,7 +162,7 @@ def _model_schema(model: Any, mode: str, schemas: dict[str, Any]) -> dict[str, A
 
 def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
     """The GET routes that service.py mounts as a Starlette app, which BentoML does not document."""
-    for model in (HealthResponse, OpenAIModelList):
+    for model in (HealthResponse, OpenAIModelList, TeiInfo):
         schemas[model.__name__] = _model_schema(model, "serialization", schemas)
     health = {"content": {_JSON: {"schema": _ref("HealthResponse")}}}
     paths[HEALTH_PATH] = {
@@ -146,7 +175,7 @@ def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
             },
         }
     }
-    unauthorized = error_responses("OpenAIErrorResponse")[str(HTTPStatus.UNAUTHORIZED.value)]
+    unauthorized = error_responses("openai")[str(HTTPStatus.UNAUTHORIZED.value)]
     paths[MODELS_PATH] = {
         "get": {
             "tags": ["Service APIs"],
@@ -154,6 +183,16 @@ def _add_get_routes(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
             "responses": {
                 "200": {"description": "Successful Response", "content": {_JSON: {"schema": _ref("OpenAIModelList")}}},
                 "401": unauthorized,
+            },
+        }
+    }
+    paths[TEI_INFO_PATH] = {
+        "get": {
+            "tags": ["text-embeddings-inference"],
+            "description": "The text model and the limits, as text-embeddings-inference's /info.",
+            "responses": {
+                "200": {"description": "Successful Response", "content": {_JSON: {"schema": _ref("TeiInfo")}}},
+                **{status: response for status, response in error_responses("tei").items() if status in ("401", "503")},
             },
         }
     }

@@ -51,14 +51,14 @@ async def serve(route: ApiRoute, embedder: Embedder, request: Request) -> Respon
         else:
             answer = await route.handle(embedder, parsed(route, await request.body()))
     except ApiError as error:
-        return error.to_response(route.openai)
+        return error.to_response(route.errors)
     except ClientDisconnect:  # gone before its body was read (or cut off by the body limit, which answers for it)
         record_error("client_closed_request")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception:
         logger.exception("%s failed", route.path)
         error = ApiError(ErrorCode.INTERNAL_ERROR, "the server failed on this request; its log says why")
-        return error.to_response(route.openai)
+        return error.to_response(route.errors)
     return Response(answer.model_dump_json(), media_type="application/json")
 
 

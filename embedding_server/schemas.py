@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, RootModel, model_serializer
 from pydantic_core import PydanticCustomError
 
 from embedding_server import limits
@@ -204,13 +204,22 @@ class OpenAIEmbeddingRequest(RequestBody):
     model: str = Field(description="A served model's id or short name (GET /v1/models).")
     # One list type for texts and token ids alike, so that a wrong element is named by our own check, with its index.
     input: str | list[str | int | list[int]] = Field(
-        description="A text or a list of texts. Token-id arrays are refused: they would be another tokenizer's ids."
+        description="A text, a list of texts, or token-id arrays (a list of ids, or a list of such lists) of "
+        "tiktoken's cl100k_base, as LangChain sends them: their text is embedded (unless DECODE_TOKEN_IDS is off)."
     )
     encoding_format: Encoding = "float"
     dimensions: int | None = Field(
         None, description="Only the model's own dimension: no model here was trained to be shortened."
     )
     user: str | None = None
+
+
+class InfinityEmbeddingRequest(OpenAIEmbeddingRequest):
+    """infinity's multimodal embeddings request: OpenAI's, with the kind of input."""
+
+    modality: Literal["text", "image"] = Field(
+        "text", description="image: `input` holds images (data URLs or base64; http(s) URLs where allowed)."
+    )
 
 
 class OpenAIEmbedding(BaseModel):
@@ -252,3 +261,84 @@ class HealthResponse(BaseModel):
     problems: dict[str, str] = Field(default_factory=dict, description="Why a model is not available.")
     memory: dict[str, float] = Field(description="Resident memory of this server's processes, in MB.")
     uptime: float = Field(description="Seconds since the API process started.")
+
+
+# --- text-embeddings-inference (TEI) ------------------------------------------------------------------------------
+
+
+class TeiEmbedRequest(RequestBody):
+    """TEI's /embed (and `POST /`, where huggingface_hub's InferenceClient posts)."""
+
+    inputs: str | list[str] = Field(description="A text or a list of texts.")
+    normalize: bool = True
+    truncate: bool | None = Field(None, description="Cut texts over the model's limit; else they are a 413.")
+    truncation_direction: Literal["left", "right", "Left", "Right"] = Field(
+        "right", description="Which end of a text over the limit is cut."
+    )
+    prompt_name: str | None = Field(None, description="None of the served models has prompts: only null.")
+    dimensions: int | None = Field(None, description="Only the model's own dimension.")
+    encoding_format: Encoding = "float"
+
+
+class TeiTokenizeRequest(RequestBody):
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class TeiToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class TeiDecodeRequest(RequestBody):
+    ids: list[int] | list[list[int]]
+    skip_special_tokens: bool = True
+
+
+class TeiSimilarityInput(BaseModel):
+    source_sentence: str
+    sentences: list[str]
+
+
+class TeiSimilarityRequest(RequestBody):
+    inputs: TeiSimilarityInput
+    truncate: bool | None = None
+    truncation_direction: Literal["left", "right", "Left", "Right"] = "right"
+    prompt_name: str | None = None
+
+
+class TeiEmbedResponse(RootModel[list[Vector]]):
+    """One vector per input, in order."""
+
+
+class TeiTokenizeResponse(RootModel[list[list[TeiToken]]]):
+    """Each input's tokens."""
+
+
+class TeiDecodeResponse(RootModel[list[str]]):
+    """Each id list's text."""
+
+
+class TeiSimilarityResponse(RootModel[list[float]]):
+    """The cosine similarity of the source sentence with each sentence, in order."""
+
+
+class TeiInfo(BaseModel):
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    model_type: dict = Field(description='{"embedding": {"pooling": "mean"}}')
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tokenizers import Tokenizer
 
@@ -23,6 +24,18 @@ class TokenizedText:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class Token:
+    """One token of a text, as text-embeddings-inference's /tokenize shows it."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    """Offsets in the text, in characters; None for a special token."""
+    stop: int | None
+
+
 class TextTokenizer:
     """Turns texts into the model's token ids and says how long each text was; needs no weights."""
 
@@ -34,8 +47,9 @@ class TextTokenizer:
         self._whole = tokenizer
         self._whole.no_padding()
         self._whole.no_truncation()
-        self._cutting = Tokenizer.from_str(tokenizer.to_str())
-        self._cutting.enable_truncation(max_tokens)
+        self._cutting = {side: Tokenizer.from_str(tokenizer.to_str()) for side in ("right", "left")}
+        for side, cutting in self._cutting.items():
+            cutting.enable_truncation(max_tokens, direction=side)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> TextTokenizer:
@@ -43,17 +57,31 @@ class TextTokenizer:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         return cls(tokenizer, max_sequence_length(path), pad_token_id(tokenizer, path))
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+    def tokenize(self, texts: Sequence[str], side: Literal["right", "left"] = "right") -> list[TokenizedText]:
+        """The texts' ids; one over the limit loses its end (or, with `side="left"`, its beginning)."""
         full = [encoding.ids for encoding in self._whole.encode_batch(list(texts))]
         # Only texts over the limit are tokenised again, with the tokenizer's own cut, so that the special tokens
         # and the cut are exactly what the model's reference implementation produces.
         long = [i for i, ids in enumerate(full) if len(ids) > self.max_tokens]
-        cut = self._cutting.encode_batch([texts[i] for i in long]) if long else []
+        cut = self._cutting[side].encode_batch([texts[i] for i in long]) if long else []
         cut_ids = {i: encoding.ids for i, encoding in zip(long, cut, strict=True)}
         return [
             TokenizedText(ids=cut_ids.get(i, ids), token_count=len(ids), truncated=i in cut_ids)
             for i, ids in enumerate(full)
         ]
+
+    def tokens(self, text: str, add_special_tokens: bool = True) -> list[Token]:
+        """Every token of `text`, uncut, with the part of the text it stands for."""
+        encoding = self._whole.encode(text, add_special_tokens=add_special_tokens)
+        return [
+            Token(id, token, True, None, None) if special else Token(id, text[start:stop], False, start, stop)
+            for id, token, special, (start, stop) in zip(
+                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets, strict=True
+            )
+        ]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._whole.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
 def pad_token_id(tokenizer: Tokenizer, path: Path) -> int:

@@ -64,8 +64,22 @@ POST_ROUTES = [
     "POST /embed/image-text",
     "POST /classify/image",
     "POST /v1/embeddings",
+    "POST /embeddings",
+    "POST /embed",
+    "POST /",
+    "POST /tokenize",
+    "POST /decode",
+    "POST /similarity",
 ]
-GET_ROUTES = ["GET /health", "GET /v1/models", "GET /livez", "GET /readyz", "GET /healthz", "GET /metrics"]
+GET_ROUTES = [
+    "GET /health",
+    "GET /v1/models",
+    "GET /info",
+    "GET /livez",
+    "GET /readyz",
+    "GET /healthz",
+    "GET /metrics",
+]
 EXAMPLES_PER_POST_ROUTE = 60
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES: Counter[str] = Counter()

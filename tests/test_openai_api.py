@@ -83,7 +83,8 @@ def test_dimensions_other_than_the_models_own_are_refused(client):
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
-        ({"model": "all-MiniLM-L6-v2", "input": [[101, 7592]]}, 422, "invalid_request", "input"),
+        # Token ids are cl100k_base's (tests/test_compat_apis.py); this one is outside its vocabulary.
+        ({"model": "all-MiniLM-L6-v2", "input": [[101, 100300]]}, 422, "invalid_token_ids", "input"),
         ({"model": "all-MiniLM-L6-v2", "input": []}, 422, "empty_input", "input"),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"] * 9}, 422, "too_many_items", "input"),
         ({"model": "all-MiniLM-L6-v2", "input": ["ok", "x" * 5001]}, 422, "text_too_long", "input"),
