@@ -5,7 +5,9 @@
     python import_models.py --force                 # import again even if the store has them
     python import_models.py --onnx-only             # keep the ONNX exports and no PyTorch weights (the CPU image)
 
-Model names come from TEXT_MODEL_NAME / IMAGE_MODEL_NAME; a source only says where the files come from.
+Model names come from TEXT_MODEL_NAME / IMAGE_MODEL_NAME; a source only says where the files come from. A
+transformers.js conversion's id (Xenova/all-MiniLM-L6-v2) imports the model it was converted from. Hub downloads are
+kept in MODEL_CACHE_DIR when it is set.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from embedding_server.model_store import Modality, find_stored, store_name
+from embedding_server.model_store import Modality, find_stored, hub_model_id, store_name
 from embedding_server.settings import get_settings
 from models.onnx_backend import ONNX_FILE, export_clip_text_model, export_image_model, export_text_model
 from models.runtime import Runtime
@@ -50,13 +52,17 @@ class Imported:
 
 
 def fetch_from_hub(model_id: str, into: Path) -> Path:
-    """Downloads the PyTorch files of a hub model into `into`, with progress bars."""
+    """Downloads the PyTorch files of a hub model, with progress bars, into `into`, or into the hub cache at
+    MODEL_CACHE_DIR when that is set (a later import downloads only what changed); the folder that holds them."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+    cache_dir = get_settings().model_cache_dir
     try:
         files = HfApi().list_repo_files(model_id)
         ignore = NOT_PYTORCH + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
+        if cache_dir is not None:
+            return Path(snapshot_download(model_id, cache_dir=cache_dir, ignore_patterns=ignore))
         return Path(snapshot_download(model_id, local_dir=into, ignore_patterns=ignore))
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
         raise ImportFailed(
@@ -161,8 +167,8 @@ def import_model(
     modality: Modality, model_id: str, source: str, origin_note: str = "", onnx_only: bool = False
 ) -> Imported:
     with tempfile.TemporaryDirectory(prefix="import-models-") as scratch:
-        # The export is written beside the weights: a hub download lands in `folder` itself, a local source folder is
-        # copied there first, so that it is never touched.
+        # The export is written beside the weights: a hub download lands in `folder` itself, a local source folder or
+        # a download kept in MODEL_CACHE_DIR is copied there first, so that it is never touched.
         folder = Path(scratch) / "model"
         found, origin = resolve_source(source, folder)
         if found.resolve() != folder.resolve():
@@ -222,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         (Modality.IMAGE, settings.image_model_name, args.image_source),
     ]
     failures = 0
-    for modality, model_id, source in wanted:
-        if not model_id:
+    for modality, configured, source in wanted:
+        if not configured:
             print(f"{modality.value}: disabled ({modality.value.upper()}_MODEL_NAME is empty)")
             continue
+        model_id = hub_model_id(configured)
+        if model_id != configured:
+            print(f"{modality.value}: {configured} is a transformers.js conversion of {model_id}, imported instead")
         existing = find_stored(model_id)
         if existing is not None and not args.force:
             print(

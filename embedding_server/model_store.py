@@ -14,14 +14,34 @@ class Modality(str, Enum):
     IMAGE = "image"
 
 
+# The transformers.js conversions (ONNX files for Node and the browser) that the Node model-worker this server
+# replaces was configured with, by lower-case id, and the model each was converted from. The original's weights are
+# what this server imports and runs (exporting them to ONNX itself), so a conversion's id stands for its original,
+# at import and in the store.
+CONVERTED_FROM = {
+    "xenova/all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "xenova/distilbert-base-nli-stsb-mean-tokens": "sentence-transformers/distilbert-base-nli-stsb-mean-tokens",
+    "xenova/clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+    "xenova/clip-vit-base-patch16": "openai/clip-vit-base-patch16",
+}
+
+
+def hub_model_id(model_id: str) -> str:
+    """The Hugging Face id of the model that serves `model_id`: the model a transformers.js conversion was converted
+    from (`Xenova/all-MiniLM-L6-v2` -> `sentence-transformers/all-MiniLM-L6-v2`, any case), else `model_id`."""
+    return CONVERTED_FROM.get(model_id.lower(), model_id)
+
+
 def store_name(model_id: str) -> str:
-    """A valid BentoML tag name for a Hugging Face id: `sentence-transformers/all-MiniLM-L6-v2` ->
+    """A valid BentoML tag name for a Hugging Face id, a conversion's being its original's:
+    `sentence-transformers/all-MiniLM-L6-v2` and `Xenova/all-MiniLM-L6-v2` ->
     `sentence-transformers--all-minilm-l6-v2`."""
-    return re.sub(r"[^a-z0-9._-]", "-", model_id.lower().replace("/", "--"))[:63]
+    return re.sub(r"[^a-z0-9._-]", "-", hub_model_id(model_id).lower().replace("/", "--"))[:63]
 
 
 def find_stored(model_id: str) -> bentoml.Model | None:
-    """The newest stored version of the model, or None when it has not been imported."""
+    """The newest stored version of the model (of its original, for a transformers.js conversion), or None when it
+    has not been imported."""
     try:
         return bentoml.models.get(store_name(model_id))
     except NotFound:

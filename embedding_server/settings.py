@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# LOG_LEVEL, by its lower-case name: Python's levels, and those of the Node loggers (winston, pino) that the Node
+# model-worker's .env may name, each as the Python level that shows at least what it showed.
+LOG_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+    "warn": "WARNING",
+    "fatal": "CRITICAL",
+    "http": "DEBUG",
+    "verbose": "DEBUG",
+    "trace": "DEBUG",
+    "silly": "DEBUG",
+}
 
 
 class Settings(BaseSettings):
@@ -29,8 +46,16 @@ class Settings(BaseSettings):
         128, ge=1, description="Most texts in one batch of the text model (it runs them 32 at a time, by length)."
     )
     image_max_batch_size: int = Field(16, ge=1, description="Most images in one batch of the image model.")
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="The Node model-worker's one batch size: TEXT_MAX_BATCH_SIZE and IMAGE_MAX_BATCH_SIZE where "
+        "those are not set.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="Python log level of the server's own loggers (embedding_server.*, models.*)."
+        "INFO",
+        description="Python log level of the server's own loggers (embedding_server.*, models.*); any case, and the "
+        "Node loggers' names (LOG_LEVELS).",
     )
     max_items_per_request: int = Field(256, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
@@ -93,6 +118,15 @@ class Settings(BaseSettings):
         description="Image URLs fetched at once by each API worker (their DNS lookups in threads of their own); "
         "more wait their turn.",
     )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="The Node model-worker's model cache: where import_models.py keeps its hub downloads. The "
+        "server does not read it (legacy_setting_notes).",
+    )
+    # The Node model-worker's .env sets these two, which the server accepts so that the file runs unchanged, and
+    # does not act on (legacy_setting_notes).
+    max_memory_mb: int | None = Field(None, ge=1, description="The Node model-worker's memory cap; not enforced.")
+    node_env: str = Field("", description="The Node model-worker's NODE_ENV; no meaning here.")
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -100,8 +134,21 @@ class Settings(BaseSettings):
 
     @field_validator("log_level", mode="before")
     @classmethod
-    def _upper_case_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+    def _python_level(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        level = LOG_LEVELS.get(value.lower())
+        if level is None:
+            raise ValueError(f"{value!r} is not a log level; accepted, in any case: {', '.join(LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _max_batch_size_sets_both_models(self) -> Settings:
+        if self.max_batch_size is not None:
+            for name in ("text_max_batch_size", "image_max_batch_size"):
+                if name not in self.model_fields_set:
+                    setattr(self, name, self.max_batch_size)
+        return self
 
     @model_validator(mode="after")
     def _some_model_is_served(self) -> Settings:
@@ -117,6 +164,24 @@ class Settings(BaseSettings):
                 f"({self.max_items_per_request}): a full request could never wait for its turn"
             )
         return self
+
+    def legacy_setting_notes(self) -> list[str]:
+        """A warning, to log once at start, for each setting of the Node model-worker's .env that is set and that
+        the server does not act on: the file runs unchanged, and nothing in it is ignored silently."""
+        notes = []
+        if self.model_cache_dir is not None:
+            notes.append(
+                f"MODEL_CACHE_DIR={self.model_cache_dir} is not read by the server, which loads its models from the "
+                "BentoML model store ($BENTOML_HOME/models); only import_models.py uses it, to keep its hub downloads"
+            )
+        if self.max_memory_mb is not None:
+            notes.append(
+                f"MAX_MEMORY_MB={self.max_memory_mb} is not enforced by the server; cap its memory with the "
+                "container's memory limit (the Kubernetes manifests set one)"
+            )
+        if self.node_env:
+            notes.append(f"NODE_ENV={self.node_env} has no meaning for this server; ignored")
+        return notes
 
     def threads_per_model(self) -> int:
         """CPU threads for one model process's thread pool."""

