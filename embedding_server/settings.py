@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     model_threads: int = Field(
         0, ge=0, description="CPU threads of each model process; 0 uses every core the process may run on."
     )
+    decode_token_ids: bool = Field(
+        True,
+        description="/v1/embeddings: read token-id arrays (what LangChain's OpenAIEmbeddings sends by default) as "
+        "tiktoken's cl100k_base ids and embed their text; false refuses them (422).",
+    )
     api_key: str = Field(
         "", description="When set, every route but /health, /livez, /readyz and /metrics needs `Bearer <key>`."
     )
