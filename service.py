@@ -216,6 +216,9 @@ class EmbeddingAPI:
 
     def __init__(self) -> None:
         delay_exit(stop_condition)
+        # Here, in the API's one worker, so that each note is logged once and not by every process.
+        for note in settings.legacy_setting_notes():
+            logging.getLogger("embedding_server.settings").warning(note)
         text, image = settings.text_max_batch_size, settings.image_max_batch_size
         self.embedder = Embedder(
             settings,

@@ -10,6 +10,7 @@ import numpy as np
 
 from embedding_server.errors import ApiError, ErrorCode
 from embedding_server.limits import check_item_count, check_text_length
+from embedding_server.model_store import hub_model_id
 from embedding_server.schemas import (
     InfinityEmbeddingRequest,
     OpenAIEmbedding,
@@ -73,11 +74,12 @@ class OpenAIEmbeddings:
         )
 
     def _model(self, name: str, modality: str) -> Model:
-        """The model that `name` means: its Hugging Face id or the part after the slash, in any case."""
+        """The model that `name` means: its id or the part after the slash, in any case (for a transformers.js
+        conversion, the id of the model it was converted from too)."""
         wanted = name.lower()
         for model in self.served(modality):
-            model_id = model.model_id.lower()
-            if wanted in (model_id, model_id.rpartition("/")[2]):
+            names = {model_id.lower() for model_id in (model.model_id, hub_model_id(model.model_id))}
+            if wanted in names | {model_id.rpartition("/")[2] for model_id in names}:
                 return model
         available = ", ".join(m.model_id for m in self.served(modality)) or "none"
         raise ApiError(

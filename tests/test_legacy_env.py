@@ -174,5 +174,12 @@ def test_the_worker_env_serves_the_same_vectors_under_its_model_ids(worker_env_s
         assert answer.json()["metadata"]["model"] == model
     listed = worker_env_server.get("/v1/models").json()["data"]
     assert {m["id"] for m in listed} == {"Xenova/all-MiniLM-L6-v2", "Xenova/clip-vit-base-patch32"}
-    # LOG_LEVEL=warn: the request log, at INFO, is silent.
-    assert "POST /embed/text status=" not in worker_env_server.log.read_text()
+    # LOG_LEVEL=warn: the request log, at INFO, is silent; each setting the server does not act on is said once.
+    log = worker_env_server.log.read_text()
+    assert "POST /embed/text status=" not in log
+    for setting in ("MODEL_CACHE_DIR=", "MAX_MEMORY_MB=", "NODE_ENV="):
+        assert log.count(f"{setting}") == 1, (setting, log[-3000:])
+    # The OpenAI route takes the conversion's id, its original's, or the short name.
+    for name in ("Xenova/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"):
+        answer = worker_env_server.post("/v1/embeddings", json={"model": name, "input": TEXTS})
+        assert answer.status_code == 200 and answer.json()["model"] == "Xenova/all-MiniLM-L6-v2", answer.text
