@@ -218,7 +218,8 @@ class InfinityEmbeddingRequest(OpenAIEmbeddingRequest):
     """infinity's multimodal embeddings request: OpenAI's, with the kind of input."""
 
     modality: Literal["text", "image"] = Field(
-        "text", description="image: `input` holds images (data URLs or base64; http(s) URLs where allowed)."
+        "text",
+        description="image: `input` holds images (data URLs or base64, or image URLs where the server allows them).",
     )
 
 
