@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data import FILES_FOLDER, IMAGES_FILE, TEXTS_FILE
 from embedding_server.images import decode_image
 from embedding_server.model_service import load_encoder
 from embedding_server.model_store import Modality
@@ -68,32 +69,34 @@ def measure(embed: Pipeline, inputs: Sequence[str], batch_size: int, seconds: fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder with texts.json and images.json")
+    parser.add_argument("--data", type=Path, required=True, help="folder written by bench.data.write_data")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     parser.add_argument("--seconds", type=float, default=3.0, help="per batch size")
     args = parser.parse_args(argv)
     settings = get_settings()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    # Each encoder on each workload (bench.data): the short one, then the files (file texts, camera-size photos).
     plan = [
-        (Modality.TEXT, settings.text_model_name, TextEncoder.load, text_pipeline, "texts.json"),
-        (Modality.IMAGE, settings.image_model_name, ImageEncoder.load, image_pipeline, "images.json"),
+        (Modality.TEXT, settings.text_model_name, TextEncoder.load, text_pipeline, ("text", "file text")),
+        (Modality.IMAGE, settings.image_model_name, ImageEncoder.load, image_pipeline, ("image", "photo")),
     ]
     report: dict = {"backend": {}, "threads": settings.threads_per_model(), "rows": []}
-    for modality, model_id, loader, pipeline, data_file in plan:
+    for modality, model_id, loader, pipeline, kinds in plan:
         encoder = load_encoder(modality, model_id, loader, settings).encoder if model_id else None
         if encoder is None:
             continue
         report["backend"][modality.value] = encoder.runtime.backend
-        inputs = json.loads((args.data / data_file).read_text())
-        for batch_size in batch_sizes:
-            row = {"modality": modality.value, **measure(pipeline(encoder), inputs, batch_size, args.seconds)}
-            report["rows"].append(row)
-            print(
-                f"raw {modality.value:5} batch {batch_size:3}: {row['items_per_s']:8.1f} items/s, "
-                f"{row['latency_ms_p50']:8.2f} ms per batch",
-                flush=True,
-            )
+        for kind, folder in zip(kinds, (args.data, args.data / FILES_FOLDER), strict=True):
+            inputs = json.loads((folder / (TEXTS_FILE if modality is Modality.TEXT else IMAGES_FILE)).read_text())
+            for batch_size in batch_sizes:
+                row = {"modality": kind, **measure(pipeline(encoder), inputs, batch_size, args.seconds)}
+                report["rows"].append(row)
+                print(
+                    f"raw {kind:9} batch {batch_size:3}: {row['items_per_s']:8.1f} items/s, "
+                    f"{row['latency_ms_p50']:8.2f} ms per batch",
+                    flush=True,
+                )
         del encoder
     args.out.write_text(json.dumps(report, indent=2))
     return 0

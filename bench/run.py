@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.data import write_data
+from bench.data import FILES_FOLDER, write_data
 from bench.report import report
 from bench.server import RunningServer, start_server, stop_server
 from embedding_server.model_store import store_name
@@ -33,26 +33,36 @@ DEFAULT_SECONDS = 10.0
 DEFAULT_RAW_SECONDS = 4.0
 RAW_BATCH_SIZES = [1, 8, 16, 32, 64]
 QUICK_SECONDS, QUICK_RAW_SECONDS, QUICK_RAW_BATCH_SIZES = 1.0, 0.5, [1, 8]
-# Rough items/s of the 2-core CPU this was written on; only for the duration estimate printed up front.
-ESTIMATE_RATES = {"text": 300.0, "image": 15.0}
+# Rough items/s of the 2-core CPU this was written on, by workload; only for the duration estimate printed up front.
+ESTIMATE_RATES = {False: {"text": 300.0, "image": 15.0}, True: {"text": 25.0, "image": 12.0}}
 BENCH_ENV = {"HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true"}
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One row: `clients` closed-loop clients, each request carrying `texts` texts and `images` images."""
+    """One row: `clients` closed-loop clients, each request carrying `texts` texts and `images` images, of the short
+    workload or (`files`) the file workload (bench.data)."""
 
     route: str  # "text", "image" or "batch", as bench.load names them
     clients: int
     texts: int = 0
     images: int = 0
+    files: bool = False
+
+    @property
+    def modality(self) -> str:
+        """What the row measures, as the raw rows name it: text, image, file text, photo, or mixed."""
+        if self.route == "batch":
+            return "mixed"
+        return {"text": "file text", "image": "photo"}[self.route] if self.files else self.route
 
     @property
     def name(self) -> str:
         def count(n: int, noun: str) -> str:
             return f"{n} {noun}{'s' * (n != 1)}"
 
-        parts = [count(n, noun) for n, noun in ((self.texts, "text"), (self.images, "image")) if n]
+        nouns = ("file text", "photo") if self.files else ("text", "image")
+        parts = [count(n, noun) for n, noun in zip((self.texts, self.images), nouns, strict=True) if n]
         return f"/embed/{self.route} {count(self.clients, 'client')} × {' + '.join(parts)}"
 
 
@@ -61,12 +71,16 @@ FULL_SCENARIOS = (
     [Scenario("text", clients, texts=n) for n in (1, 8) for clients in (1, 8, 32, 64)]
     + [Scenario("image", clients, images=n) for n in (1, 4) for clients in (1, 8, 16, 32, 64)]
     + [Scenario("batch", clients, texts=4, images=1) for clients in (8, 32)]
+    + [Scenario("text", clients, texts=n, files=True) for clients, n in ((1, 1), (32, 8))]
+    + [Scenario("image", clients, images=n, files=True) for clients, n in ((1, 1), (16, 4))]
 )
 QUICK_SCENARIOS = [
     Scenario("text", 1, texts=1),
     Scenario("text", 8, texts=8),
     Scenario("image", 1, images=1),
     Scenario("batch", 8, texts=4, images=1),
+    Scenario("text", 8, texts=8, files=True),
+    Scenario("image", 1, images=1, files=True),
 ]
 
 
@@ -79,7 +93,8 @@ def estimate_s(
     total += 20 + 2 * len(batch_sizes) * (raw_seconds + 1)  # raw: loading the models, then each batch size
     total += 20 + 10  # server start and stop
     for s in scenarios:
-        total += seconds + 2 + s.clients * (s.texts / ESTIMATE_RATES["text"] + s.images / ESTIMATE_RATES["image"])
+        rates = ESTIMATE_RATES[s.files]
+        total += seconds + 2 + s.clients * (s.texts / rates["text"] + s.images / rates["image"])
     return total
 
 
@@ -127,14 +142,15 @@ def measure_raw(
 
 def run_load(server: RunningServer, scenario: Scenario, seconds: float, data: Path, warmup: bool) -> dict:
     """One row, measured by a `bench.load` process (see bench.load.LoadResult) plus its modality."""
+    folder = data / FILES_FOLDER if scenario.files else data
     command = [sys.executable, "-m", "bench.load", "--url", server.url, "--route", scenario.route]
     command += ["--texts", str(scenario.texts), "--images", str(scenario.images), "--clients", str(scenario.clients)]
-    command += ["--seconds", str(seconds), "--data", str(data), *(["--warmup"] if warmup else [])]
+    command += ["--seconds", str(seconds), "--data", str(folder), *(["--warmup"] if warmup else [])]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 600)
     if result.returncode != 0:
         raise RuntimeError(f"bench.load failed on {scenario.name}:\n{result.stderr}")
     row = json.loads(result.stdout)
-    return {"scenario": scenario.name, "modality": "mixed" if scenario.route == "batch" else scenario.route, **row}
+    return {"scenario": scenario.name, "modality": scenario.modality, **row}
 
 
 def measure_server(
@@ -146,8 +162,8 @@ def measure_server(
     rows, warmed = [], set()
     try:
         for scenario in scenarios:
-            row = run_load(server, scenario, seconds, data, warmup=scenario.route not in warmed)
-            warmed.add(scenario.route)
+            row = run_load(server, scenario, seconds, data, warmup=scenario.modality not in warmed)
+            warmed.add(scenario.modality)
             latency = row["latency_ms"] or {}
             print(
                 f"  {scenario.name}: {row['items_per_s']:.1f} items/s, p50 {latency.get('p50', 0):.1f} ms, "

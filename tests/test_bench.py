@@ -20,12 +20,14 @@ def test_quick_benchmark_writes_its_report(model_store, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     report = json.loads((out / "smoke.json").read_text())
-    assert {row["modality"] for row in report["raw"]["rows"]} == {"text", "image"}
+    assert {row["modality"] for row in report["raw"]["rows"]} == {"text", "file text", "image", "photo"}
     assert [(row["modality"], row["clients"]) for row in report["rows"]] == [
         ("text", 1),
         ("text", 8),
         ("image", 1),
         ("mixed", 8),
+        ("file text", 8),
+        ("photo", 1),
     ]
     for row in report["rows"]:
         assert row["errors"] == 0, row
