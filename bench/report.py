@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib
 
+from bench.bulk import BULK_IMAGES, BULK_TEXTS, raw_files_per_s
+
 matplotlib.use("Agg")  # no display: the plot only goes to a file
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -102,6 +104,12 @@ def judge(results: dict) -> list[Target]:
             0.90,
             True,
         ),
+        Target(
+            "bulk client over a folder: files/s ÷ raw encoders' files/s",
+            (results.get("bulk") or {}).get("vs_raw"),
+            0.85,
+            True,
+        ),
         Target("errors over all rows", sum(row["errors"] for row in rows) if rows else None, 0, False),
         Target("peak RSS of the server's processes (MiB)", server["rss_mib"]["peak"], RSS_LIMIT_MIB, False),
         Target("ready: start to first 200 on /health (s)", server["ready_s"], READY_LIMIT_S, False),
@@ -150,6 +158,27 @@ def tables(results: dict, targets: list[Target]) -> list[tuple[str, list[str], l
         for t in targets
     ]
     server = results["server"]
+    bulk = results.get("bulk")
+    bulk_table = (
+        [
+            (
+                f"Bulk client (`python -m client embed`, {bulk['files']} files: {BULK_TEXTS} file texts, "
+                f"{BULK_IMAGES} photos and screenshots)",
+                ["files/s", "raw files/s", "÷ raw", "seconds", "exit status"],
+                [
+                    [
+                        fmt(bulk["files_per_s"]),
+                        fmt(bulk["raw_files_per_s"]),
+                        "–" if bulk["vs_raw"] is None else f"{bulk['vs_raw']:.2f}×",
+                        fmt(bulk["seconds"]),
+                        str(bulk["exit_status"]),
+                    ]
+                ],
+            )
+        ]
+        if bulk
+        else []
+    )
     return [
         (raw_title, ["modality", "batch", "items/s", "latency ms"], raw_cells),
         (
@@ -169,6 +198,7 @@ def tables(results: dict, targets: list[Target]) -> list[tuple[str, list[str], l
             ],
             server_cells,
         ),
+        *bulk_table,
         ("Targets", ["target", "value", "goal", "result"], target_cells),
     ]
 
@@ -221,6 +251,12 @@ def report(results: dict, out: Path) -> str:
     into `out`; returns the report as printable text."""
     for row in results["rows"]:
         compare_with_raw(row, results["raw"])
+    if results.get("bulk"):
+        bulk = results["bulk"]
+        bulk["raw_files_per_s"] = raw_files_per_s(
+            raw_best(results["raw"], "file text"), raw_best(results["raw"], "photo")
+        )
+        bulk["vs_raw"] = round(bulk["files_per_s"] / bulk["raw_files_per_s"], 3) if bulk["raw_files_per_s"] else None
     targets = judge(results)
     results["targets"] = [{**asdict(t), "status": t.status} for t in targets]
     parts = tables(results, targets)

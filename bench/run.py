@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bulk import run_bulk, write_folder
 from bench.data import FILES_FOLDER, write_data
 from bench.report import report
 from bench.server import RunningServer, start_server, stop_server
@@ -154,9 +155,13 @@ def run_load(server: RunningServer, scenario: Scenario, seconds: float, data: Pa
 
 
 def measure_server(
-    env: dict[str, str], work: Path, scenarios: list[Scenario], seconds: float, data: Path
-) -> tuple[dict, list[dict]]:
-    """Starts the server, runs every scenario against it, stops it; its start-up and memory figures, and the rows."""
+    env: dict[str, str], work: Path, scenarios: list[Scenario], seconds: float, data: Path, bulk: bool
+) -> tuple[dict, list[dict], dict | None]:
+    """Starts the server, runs every scenario against it and (with `bulk`) the bulk client over a folder, stops it;
+    its start-up and memory figures, the rows, and the bulk row."""
+    bulk_folder = work / "bulk"
+    if bulk:
+        write_folder(data, bulk_folder)
     server = start_server(env, work / "server.log")
     print(f"server ready in {server.ready_s} s ({server.rss_at_ready_mib:.0f} MiB), log {server.log}", flush=True)
     rows, warmed = [], set()
@@ -171,6 +176,9 @@ def measure_server(
                 flush=True,
             )
             rows.append(row)
+        bulk_row = run_bulk(server.url, bulk_folder, work / "bulk.parquet") if bulk else None
+        if bulk_row:
+            print(f"  bulk client: {bulk_row['files']} files in {bulk_row['seconds']} s", flush=True)
         health_at_end = server.health()
     finally:
         stop_server(server)
@@ -181,7 +189,7 @@ def measure_server(
         "health_at_end": health_at_end,
         "log": str(server.log),
     }
-    return figures, rows
+    return figures, rows, bulk_row
 
 
 def gpu_name() -> str | None:
@@ -262,7 +270,7 @@ def main() -> int:
     raw, raw_error = measure_raw(data, work / "raw.json", batch_sizes, raw_seconds, env)
     if raw_error:
         print(f"warning: no raw figures to compare with; {raw_error}", file=sys.stderr)
-    server, rows = measure_server(env, work, scenarios, seconds, data)
+    server, rows, bulk = measure_server(env, work, scenarios, seconds, data, bulk=not args.quick)
 
     results = {
         "label": label,
@@ -282,6 +290,7 @@ def main() -> int:
         "raw_error": raw_error,
         "server": server,
         "rows": rows,
+        "bulk": bulk,
     }
     text = report(results, out)
     print()
