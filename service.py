@@ -219,10 +219,12 @@ class EmbeddingAPI:
         # Here, in the API's one worker, so that each note is logged once and not by every process.
         for note in settings.legacy_setting_notes():
             logging.getLogger("embedding_server.settings").warning(note)
-        text, image = settings.text_max_batch_size, settings.image_max_batch_size
+        text, image, tokens = settings.text_max_batch_size, settings.image_max_batch_size, settings.max_batch_tokens
         self.embedder = Embedder(
             settings,
-            Model.configure("text", Modality.TEXT, settings.text_model_name, self._client("text_model", "embed", text)),
+            Model.configure(
+                "text", Modality.TEXT, settings.text_model_name, self._client("text_model", "embed", text, tokens)
+            ),
             Model.configure(
                 "image", Modality.IMAGE, settings.image_model_name, self._client("image_model", "embed", image)
             ),
@@ -230,17 +232,24 @@ class EmbeddingAPI:
                 "image_text",
                 Modality.IMAGE,
                 settings.image_model_name,
-                self._client("image_model", "embed_text", text, problem_method="text_load_problem"),
+                self._client("image_model", "embed_text", text, tokens, problem_method="text_load_problem"),
             ),
         )
 
     def _client(
-        self, dependency: str, method: str, max_batch_size: int, problem_method: str = "load_problem"
+        self,
+        dependency: str,
+        method: str,
+        max_batch_size: int,
+        max_batch_tokens: int | None = None,
+        problem_method: str = "load_problem",
     ) -> ModelClient | None:
         service = getattr(self, dependency, None)
         if service is None:
             return None
-        return remote_client(service, max_batch_size, settings.max_queued_items, method, problem_method)
+        return remote_client(
+            service, max_batch_size, settings.max_queued_items, method, problem_method, max_batch_tokens
+        )
 
     @bentoml.api(**routes.EMBED_TEXT.bentoml)
     async def embed_text(self, **request) -> EmbedTextResponse:

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         128, ge=1, description="Most texts in one batch of the text model (it runs them 32 at a time, by length)."
     )
     image_max_batch_size: int = Field(16, ge=1, description="Most images in one batch of the image model.")
+    max_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Most tokens in one batch of a text model (text-embeddings-inference's max_batch_tokens): a batch "
+        "of long texts takes about a second on a 2-core CPU, so that a short request queued behind them waits no "
+        "longer; a larger request is sent in parts.",
+    )
     max_batch_size: int | None = Field(
         None,
         ge=1,
