@@ -70,10 +70,14 @@ API_SERVICE_NAME = "embedding_api"
 # REQUEST_TIMEOUT_S is this server's deadline (deadline.py: its own error body, and the work stops when the client
 # leaves). BentoML's own cannot be turned off (its config wants a timeout > 0), so it is set past ours as a backstop.
 TRAFFIC = {"timeout": settings.request_timeout_s + 5}
+# BentoML's OpenTelemetry middleware makes a span for every request, and for every message of it, even when no
+# exporter is configured; excluding every URL is its public way to skip that.
+TRACING = {} if settings.tracing else {"excluded_urls": [".*"]}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
 MODEL_SERVICE = {
     "resources": {"gpu": 0.5},
     "traffic": TRAFFIC,
+    "tracing": TRACING,
     "workers": 1,
     "runner_connection": RUNNER_CONNECTION,
     # One line per inner call costs the model process CPU that the forward pass needs; the API logs every request.
@@ -199,6 +203,7 @@ get_routes = Starlette(
     name=API_SERVICE_NAME,
     http={"port": settings.port, "host": settings.host},
     traffic=TRAFFIC,
+    tracing=TRACING,
     workers=1,
     # RequestLogMiddleware writes the access log, with the items of each request.
     logging={"access": {"enabled": False}},

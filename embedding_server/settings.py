@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         description="/v1/embeddings: read token-id arrays (what LangChain's OpenAIEmbeddings sends by default) as "
         "tiktoken's cl100k_base ids and embed their text; false refuses them (422).",
     )
+    tracing: bool = Field(
+        False,
+        description="BentoML's OpenTelemetry span for each request and call between services. Off: BentoML exports "
+        "no span unless its tracing exporter is configured, and making them took a fifth of the API's CPU on small "
+        "requests.",
+    )
     api_key: str = Field(
         "", description="When set, every route but /health, /livez, /readyz and /metrics needs `Bearer <key>`."
     )
