@@ -226,3 +226,21 @@ def test_reduced_scale_jpeg_decode_stays_within_tolerance(image_encoder, size):
     assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 2  # grey levels
     vectors = [image_encoder.embed_pixels(pixels[None]) for pixels in (full, reduced)]
     assert cosine_distances(*vectors).max() < 1e-4
+
+
+def test_a_large_image_is_shrunk_by_a_whole_factor_first_within_tolerance(image_encoder):
+    screenshot = Image.new("RGB", (3840, 2160), (245, 245, 245))
+    draw = ImageDraw.Draw(screenshot)
+    for line in range(0, 2160, 24):  # lines of "text", whose sharp edges a box filter changes most
+        draw.rectangle([40, line + 6, 40 + (line * 7) % 3000, line + 16], fill=(40, 40, 40))
+    mean, std = CLIPImageProcessorPil.image_mean, CLIPImageProcessorPil.image_std
+    exact = ImagePreprocessor(224, (224, 224), mean, std, reducing_gap=None)(screenshot)
+    reduced = ImagePreprocessor(224, (224, 224), mean, std)(screenshot)
+    assert 0 < np.abs(exact.astype(int) - reduced.astype(int)).mean() < 0.5  # grey levels
+    tiny = image_encoder.preprocessor
+    exact, reduced = (
+        ImagePreprocessor(tiny.size, (tiny.crop_height, tiny.crop_width), tiny.mean, tiny.std, gap)(screenshot)
+        for gap in (None, tiny.reducing_gap)
+    )
+    vectors = [image_encoder.embed_pixels(pixels[None]) for pixels in (exact, reduced)]
+    assert cosine_distances(*vectors).max() < 1e-4
