@@ -29,7 +29,8 @@ def test_quick_benchmark_writes_its_report(model_store, tmp_path):
         ("file text", 8),
         ("photo", 1),
     ]
-    for row in report["rows"]:
+    assert [(row["modality"], row["clients"]) for row in report["mixed"]] == [("file text", 16), ("text", 4)]
+    for row in [*report["rows"], *report["mixed"]]:
         assert row["errors"] == 0, row
         assert row["requests"] > 0 and row["min_requests_per_client"] >= 1, row
     assert report["server"]["ready_s"] > 0 and report["server"]["rss_mib"]["peak"] > 0
