@@ -332,7 +332,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     server_cells = [
         [
             server["name"],
-            f"{' '.join(server['setup']['options'])}, folder {server['setup']['folder']}/"
+            f"folder {server['setup']['folder']}/, {' '.join(server['setup']['options'])}"
             if "setup" in server
             else "MiniLM alone (IMAGE_MODEL_NAME empty)",
             fmt(server.get("ready_s")),
