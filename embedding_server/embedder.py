@@ -51,6 +51,9 @@ from models.preprocess import ImagePreprocessor
 from models.tokenizer import TextTokenizer, TokenizedText
 
 Result = TypeVar("Result")
+INLINE_TOKENIZE_CHARS = 2_000
+"""Texts this short in all are tokenised on the event loop: it takes ~50 µs, as long as handing them to a worker
+thread and back; longer ones go to a thread, so that a 100 KB text does not hold up the other requests."""
 
 
 class Embedder:
@@ -152,7 +155,10 @@ class Embedder:
         """Texts through `model`'s tokenizer and model service; a text over the token limit is cut at its `side`
         (and reported) or, without `truncate`, a 422 naming it."""
         model.require()
-        tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate, side=side)
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            tokenized = self._tokenize(model, texts, truncate, side=side)
+        else:
+            tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate, side=side)
         vectors = await model.embed([t.ids for t in tokenized], normalize)
         if truncated := sum(t.truncated for t in tokenized):
             TEXTS_TRUNCATED.labels(model.name).inc(truncated)
