@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 export HF_HUB_ETAG_TIMEOUT ?= 10
 export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
-.PHONY: install system-packages serve test bench soak lint build container replicas-demo clean
+.PHONY: install system-packages serve test bench bench-peers soak lint build container replicas-demo clean
 
 $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt requirements-client.txt
 	python3 -m venv $(VENV)
@@ -33,6 +33,18 @@ test: install system-packages
 bench: install
 	$(PY) -m bench.run
 
+# The peer, infinity-emb, in a venv of its own (bench/requirements-peers.txt), never beside the server's packages.
+PEER_VENV := .venv-peers
+$(PEER_VENV)/.installed: bench/requirements-peers.txt
+	python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet -r bench/requirements-peers.txt
+	touch $@
+
+# Our server and infinity-emb, one after the other, on the same rows: bench/results/peers.{md,json}.
+bench-peers: install $(PEER_VENV)/.installed
+	$(PY) -m bench.peers
+
 # 5 minutes of steady mixed load (valid and invalid requests) on the real server: no unexpected answer, RSS growth
 # under 10 % after the warm-up, no fd leaked, no worker restarted; .bench/soak/soak.{json,png}. Exit 1 on a failure.
 soak: install
@@ -57,4 +69,4 @@ replicas-demo: install system-packages
 	$(PY) -m deploy.replicas
 
 clean:
-	rm -rf $(VENV) .pytest_cache build
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache build

@@ -17,9 +17,11 @@ GET  /metrics           Prometheus: BentoML's series and this server's (embeddin
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import bentoml
 import numpy as np
+from bentoml.validators import ContentType
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -67,13 +69,21 @@ for logger_name in ("embedding_server", "models"):
     logging.getLogger(logger_name).setLevel(settings.log_level)
 
 API_SERVICE_NAME = "embedding_api"
+# What a model service answers the API with: vectors, pickled by BentoML's client and server. Naming the content
+# type spares BentoML deriving it from the type's JSON schema on every answer (a millisecond of the model process
+# per call, on a one-text request's path).
+Vectors = Annotated[np.ndarray, ContentType("application/vnd.bentoml+pickle")]
 # REQUEST_TIMEOUT_S is this server's deadline (deadline.py: its own error body, and the work stops when the client
 # leaves). BentoML's own cannot be turned off (its config wants a timeout > 0), so it is set past ours as a backstop.
 TRAFFIC = {"timeout": settings.request_timeout_s + 5}
+# BentoML's OpenTelemetry middleware makes a span for every request, and for every message of it, even when no
+# exporter is configured; excluding every URL is its public way to skip that.
+TRACING = {} if settings.tracing else {"excluded_urls": [".*"]}
 # Half a GPU each: with one GPU both model services share it; without one they run on the CPU.
 MODEL_SERVICE = {
     "resources": {"gpu": 0.5},
     "traffic": TRAFFIC,
+    "tracing": TRACING,
     "workers": 1,
     "runner_connection": RUNNER_CONNECTION,
     # One line per inner call costs the model process CPU that the forward pass needs; the API logs every request.
@@ -105,7 +115,7 @@ class TextModel:
             self.forward = counted_forward("text", self.loaded.encoder.embed_token_ids, ForwardThread())
 
     @bentoml.api
-    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+    async def embed(self, token_ids: list[list[int]]) -> Vectors:
         if self.loaded.encoder is None:
             raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
         return await self.forward(token_ids)
@@ -144,13 +154,13 @@ class ImageModel:
                 self.text_forward.preload()
 
     @bentoml.api
-    async def embed(self, pixels: np.ndarray) -> np.ndarray:
+    async def embed(self, pixels: np.ndarray) -> Vectors:
         if self.loaded.encoder is None:
             raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
         return await self.forward(pixels)
 
     @bentoml.api
-    async def embed_text(self, token_ids: list[list[int]]) -> np.ndarray:
+    async def embed_text(self, token_ids: list[list[int]]) -> Vectors:
         if self.loaded.encoder is None:
             raise bentoml.exceptions.ServiceUnavailable(self.loaded.problem)
         return await self.text_forward(token_ids)
@@ -199,6 +209,7 @@ get_routes = Starlette(
     name=API_SERVICE_NAME,
     http={"port": settings.port, "host": settings.host},
     traffic=TRAFFIC,
+    tracing=TRACING,
     workers=1,
     # RequestLogMiddleware writes the access log, with the items of each request.
     logging={"access": {"enabled": False}},
@@ -219,10 +230,12 @@ class EmbeddingAPI:
         # Here, in the API's one worker, so that each note is logged once and not by every process.
         for note in settings.legacy_setting_notes():
             logging.getLogger("embedding_server.settings").warning(note)
-        text, image = settings.text_max_batch_size, settings.image_max_batch_size
+        text, image, tokens = settings.text_max_batch_size, settings.image_max_batch_size, settings.max_batch_tokens
         self.embedder = Embedder(
             settings,
-            Model.configure("text", Modality.TEXT, settings.text_model_name, self._client("text_model", "embed", text)),
+            Model.configure(
+                "text", Modality.TEXT, settings.text_model_name, self._client("text_model", "embed", text, tokens)
+            ),
             Model.configure(
                 "image", Modality.IMAGE, settings.image_model_name, self._client("image_model", "embed", image)
             ),
@@ -230,17 +243,24 @@ class EmbeddingAPI:
                 "image_text",
                 Modality.IMAGE,
                 settings.image_model_name,
-                self._client("image_model", "embed_text", text, problem_method="text_load_problem"),
+                self._client("image_model", "embed_text", text, tokens, problem_method="text_load_problem"),
             ),
         )
 
     def _client(
-        self, dependency: str, method: str, max_batch_size: int, problem_method: str = "load_problem"
+        self,
+        dependency: str,
+        method: str,
+        max_batch_size: int,
+        max_batch_tokens: int | None = None,
+        problem_method: str = "load_problem",
     ) -> ModelClient | None:
         service = getattr(self, dependency, None)
         if service is None:
             return None
-        return remote_client(service, max_batch_size, settings.max_queued_items, method, problem_method)
+        return remote_client(
+            service, max_batch_size, settings.max_queued_items, method, problem_method, max_batch_tokens
+        )
 
     @bentoml.api(**routes.EMBED_TEXT.bentoml)
     async def embed_text(self, **request) -> EmbedTextResponse:

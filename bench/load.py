@@ -21,7 +21,8 @@ import numpy as np
 
 from bench.data import load_data
 
-ROUTES = {"text": "/embed/text", "image": "/embed/image", "batch": "/embed/batch"}
+# "embeddings": infinity's route (OpenAI's body), which our server serves too, so that a peer gets the same requests.
+ROUTES = {"text": "/embed/text", "image": "/embed/image", "batch": "/embed/batch", "embeddings": "/embeddings"}
 WARMUP_REQUESTS = 3
 # Generous: at 64 clients × 4 images a CPU queue holds ~20 s of work; the server's own deadline comes first.
 REQUEST_TIMEOUT_S = 300
@@ -50,10 +51,12 @@ class LoadResult:
     warmup_errors: int
 
 
-def request_bodies(route: str, texts: list[str], images: list[str], n_texts: int, n_images: int) -> list[bytes]:
+def request_bodies(
+    route: str, texts: list[str], images: list[str], n_texts: int, n_images: int, model: str | None = None
+) -> list[bytes]:
     """Encoded JSON bodies for the route, each with `n_texts` texts and `n_images` images, consecutive bodies taking
     the next texts and a window of images shifted by one, so that no two are alike; encoded once, so that the
-    clients spend no CPU on it."""
+    clients spend no CPU on it. `model` is the `model` field of the embeddings route's bodies."""
 
     def window(pool: list[str], start: int, size: int) -> list[str]:
         return [pool[(start + offset) % len(pool)] for offset in range(size)]
@@ -65,6 +68,8 @@ def request_bodies(route: str, texts: list[str], images: list[str], n_texts: int
             body: dict = {"texts": chosen_texts}
         elif route == "image":
             body = {"images": chosen_images}
+        elif route == "embeddings":
+            body = {"model": model, "input": chosen_texts}
         else:
             body = {
                 "items": [{"id": f"t{i}", "type": "text", "content": text} for i, text in enumerate(chosen_texts)]
@@ -78,6 +83,8 @@ def embedding_count(route: str, answer: dict) -> int:
     """How many vectors a 200 answer holds; a batch item that failed is no vector."""
     if route == "batch":
         return sum("embedding" in result for result in answer["results"])
+    if route == "embeddings":
+        return len(answer["data"])
     return len(answer["embeddings"])
 
 
@@ -170,13 +177,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True, help="how long new requests are sent")
     parser.add_argument("--data", type=Path, required=True, help="folder written by bench.data.write_data")
+    parser.add_argument("--model", help="the embeddings route's `model` (required there)")
     parser.add_argument("--warmup", action="store_true", help=f"send {WARMUP_REQUESTS} requests first, not counted")
     args = parser.parse_args()
-    if (args.route == "text" and args.images) or (args.route == "image" and args.texts) or not args.texts + args.images:
-        parser.error("/embed/text takes texts only, /embed/image images only, and a request needs at least one item")
+    if (args.route in ("text", "embeddings") and args.images) or (args.route == "image" and args.texts):
+        parser.error("/embed/text and /embeddings take texts only, /embed/image images only")
+    if not args.texts + args.images:
+        parser.error("a request needs at least one item")
+    if args.route == "embeddings" and not args.model:
+        parser.error("/embeddings needs --model")
 
     texts, images = load_data(args.data)
-    bodies = request_bodies(args.route, texts, images, args.texts, args.images)
+    bodies = request_bodies(args.route, texts, images, args.texts, args.images, args.model)
     result = asyncio.run(
         drive(args.url, args.route, bodies, args.texts, args.images, args.clients, args.seconds, args.warmup)
     )

@@ -75,6 +75,9 @@ FULL_SCENARIOS = (
     + [Scenario("text", clients, texts=n, files=True) for clients, n in ((1, 1), (32, 8))]
     + [Scenario("image", clients, images=n, files=True) for clients, n in ((1, 1), (16, 4))]
 )
+# Files embedded in bulk while a few clients send one short text each, as searches do: the short requests' latency
+# shows whether the long texts' batches stall them (MAX_BATCH_TOKENS and the order batches are filled in).
+MIXED_SCENARIOS = (Scenario("text", 16, texts=8, files=True), Scenario("text", 4, texts=1))
 QUICK_SCENARIOS = [
     Scenario("text", 1, texts=1),
     Scenario("text", 8, texts=8),
@@ -141,24 +144,40 @@ def measure_raw(
     return json.loads(out.read_text()), None
 
 
-def run_load(server: RunningServer, scenario: Scenario, seconds: float, data: Path, warmup: bool) -> dict:
-    """One row, measured by a `bench.load` process (see bench.load.LoadResult) plus its modality."""
-    folder = data / FILES_FOLDER if scenario.files else data
-    command = [sys.executable, "-m", "bench.load", "--url", server.url, "--route", scenario.route]
-    command += ["--texts", str(scenario.texts), "--images", str(scenario.images), "--clients", str(scenario.clients)]
-    command += ["--seconds", str(seconds), "--data", str(folder), *(["--warmup"] if warmup else [])]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 600)
-    if result.returncode != 0:
-        raise RuntimeError(f"bench.load failed on {scenario.name}:\n{result.stderr}")
-    row = json.loads(result.stdout)
-    return {"scenario": scenario.name, "modality": scenario.modality, **row}
+def run_loads(server: RunningServer, scenarios: list[Scenario], seconds: float, data: Path, warmup: bool) -> list[dict]:
+    """The rows of `scenarios` run at the same time, each measured by its own `bench.load` process (see
+    bench.load.LoadResult), with their modality."""
+    processes = []
+    for scenario in scenarios:
+        folder = data / FILES_FOLDER if scenario.files else data
+        command = [sys.executable, "-m", "bench.load", "--url", server.url, "--route", scenario.route]
+        command += ["--texts", str(scenario.texts), "--images", str(scenario.images)]
+        command += ["--clients", str(scenario.clients), "--seconds", str(seconds), "--data", str(folder)]
+        command += ["--warmup"] if warmup else []
+        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rows = []
+    for scenario, process in zip(scenarios, processes, strict=True):
+        stdout, stderr = process.communicate(timeout=seconds + 600)
+        if process.returncode != 0:
+            raise RuntimeError(f"bench.load failed on {scenario.name}:\n{stderr}")
+        rows.append({"scenario": scenario.name, "modality": scenario.modality, **json.loads(stdout)})
+    return rows
+
+
+def print_row(row: dict) -> None:
+    latency = row["latency_ms"] or {}
+    print(
+        f"  {row['scenario']}: {row['items_per_s']:.1f} items/s, p50 {latency.get('p50', 0):.1f} ms, "
+        f"p99 {latency.get('p99', 0):.1f} ms, {row['errors']} errors",
+        flush=True,
+    )
 
 
 def measure_server(
     env: dict[str, str], work: Path, scenarios: list[Scenario], seconds: float, data: Path, bulk: bool
-) -> tuple[dict, list[dict], dict | None]:
-    """Starts the server, runs every scenario against it and (with `bulk`) the bulk client over a folder, stops it;
-    its start-up and memory figures, the rows, and the bulk row."""
+) -> tuple[dict, list[dict], list[dict], dict | None]:
+    """Starts the server, runs every scenario against it, then the mixed workload and (with `bulk`) the bulk client
+    over a folder, stops it; its start-up and memory figures, the rows, the mixed rows and the bulk row."""
     bulk_folder = work / "bulk"
     if bulk:
         write_folder(data, bulk_folder)
@@ -167,15 +186,14 @@ def measure_server(
     rows, warmed = [], set()
     try:
         for scenario in scenarios:
-            row = run_load(server, scenario, seconds, data, warmup=scenario.modality not in warmed)
+            [row] = run_loads(server, [scenario], seconds, data, warmup=scenario.modality not in warmed)
             warmed.add(scenario.modality)
-            latency = row["latency_ms"] or {}
-            print(
-                f"  {scenario.name}: {row['items_per_s']:.1f} items/s, p50 {latency.get('p50', 0):.1f} ms, "
-                f"{row['errors']} errors",
-                flush=True,
-            )
+            print_row(row)
             rows.append(row)
+        print("mixed workload: " + " while ".join(scenario.name for scenario in MIXED_SCENARIOS), flush=True)
+        mixed = run_loads(server, list(MIXED_SCENARIOS), seconds, data, warmup=False)
+        for row in mixed:
+            print_row(row)
         bulk_row = run_bulk(server.url, bulk_folder, work / "bulk.parquet") if bulk else None
         if bulk_row:
             print(f"  bulk client: {bulk_row['files']} files in {bulk_row['seconds']} s", flush=True)
@@ -189,7 +207,7 @@ def measure_server(
         "health_at_end": health_at_end,
         "log": str(server.log),
     }
-    return figures, rows, bulk_row
+    return figures, rows, mixed, bulk_row
 
 
 def gpu_name() -> str | None:
@@ -258,7 +276,7 @@ def main() -> int:
     env = {**os.environ, "BENTOML_HOME": str(home), **BENCH_ENV}
 
     build = args.bentoml_home is None and not models_stored(home)
-    expected = estimate_s(scenarios, seconds, raw_seconds, batch_sizes, build)
+    expected = estimate_s([*scenarios, *MIXED_SCENARIOS], seconds, raw_seconds, batch_sizes, build)
     print(f"{len(scenarios)} rows of {seconds:g} s; expected duration ≈ {expected / 60:.1f} min (rough, 2-core CPU)")
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
@@ -270,7 +288,7 @@ def main() -> int:
     raw, raw_error = measure_raw(data, work / "raw.json", batch_sizes, raw_seconds, env)
     if raw_error:
         print(f"warning: no raw figures to compare with; {raw_error}", file=sys.stderr)
-    server, rows, bulk = measure_server(env, work, scenarios, seconds, data, bulk=not args.quick)
+    server, rows, mixed, bulk = measure_server(env, work, scenarios, seconds, data, bulk=not args.quick)
 
     results = {
         "label": label,
@@ -290,6 +308,7 @@ def main() -> int:
         "raw_error": raw_error,
         "server": server,
         "rows": rows,
+        "mixed": mixed,
         "bulk": bulk,
     }
     text = report(results, out)

@@ -11,7 +11,7 @@ nothing runs it goes at once, and under load batches fill by themselves while th
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -23,8 +23,12 @@ Result = TypeVar("Result")
 
 
 class _Request(Generic[Inputs]):
-    def __init__(self, inputs: Inputs) -> None:
+    """One queued part of a caller's inputs."""
+
+    def __init__(self, inputs: Inputs, cost: int, arrival: int) -> None:
         self.inputs = inputs
+        self.cost = cost
+        self.arrival = arrival
         self.future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self.waiting = True
         """Queued, and counted in the queue's items: neither taken into a batch nor given up by its caller."""
@@ -35,8 +39,14 @@ class QueueFull(Exception):
 
 
 class BatchQueue(Generic[Inputs]):
-    """Runs `forward` on batches made of whole queued requests, at most `max_batch_size` items each (a larger request
-    goes alone), with at most `concurrency` batches running at a time, and at most `max_queued` items waiting."""
+    """Runs `forward` on batches of queued requests, each batch at most `max_batch_size` items and `max_batch_cost`
+    (the sum of `item_cost` over its items: a text's tokens), with at most `concurrency` batches running at a time
+    and at most `max_queued` items waiting.
+
+    A request larger than a batch is queued in parts that fit one. Each batch starts with the oldest waiting part,
+    so that every request moves on, and is filled with the cheapest waiting parts: a short request overtakes the
+    parts of long ones and waits for at most the batches already running, however much long work is queued.
+    """
 
     def __init__(
         self,
@@ -44,12 +54,18 @@ class BatchQueue(Generic[Inputs]):
         max_batch_size: int,
         concurrency: int = 1,
         max_queued: int | None = None,
+        max_batch_cost: int | None = None,
+        item_cost: Callable[[object], int] | None = None,
     ) -> None:
         self._forward = forward
         self._max_batch_size = max_batch_size
+        self._max_batch_cost = max_batch_cost
+        self._item_cost = item_cost or (lambda _: 1)
         self._concurrency = concurrency
         self._max_queued = max_queued
-        self._queue: deque[_Request[Inputs]] = deque()
+        self._queue: list[_Request[Inputs]] = []
+        """Waiting parts in the order they arrived."""
+        self._arrivals = itertools.count()
         self._queued_items = 0
         self._running: set[asyncio.Task] = set()
 
@@ -58,20 +74,41 @@ class BatchQueue(Generic[Inputs]):
         return self._queued_items
 
     async def submit(self, inputs: Inputs) -> np.ndarray:
-        """The rows of `forward`'s output for `inputs`, computed in one batch with whatever else is queued. Raises
-        QueueFull, at once, when queueing `inputs` would put more than `max_queued` items in the queue (a request
-        that finds the queue empty is always taken): under overload a quick refusal that the client can retry beats
-        a wait that only grows."""
+        """The rows of `forward`'s output for `inputs`, computed with whatever else is queued. Raises QueueFull, at
+        once, when queueing `inputs` would put more than `max_queued` items in the queue (a request that finds the
+        queue empty is always taken): under overload a quick refusal that the client can retry beats a wait that
+        only grows."""
         waiting = self._queued_items
         if self._max_queued is not None and waiting and waiting + len(inputs) > self._max_queued:
             raise QueueFull(f"{waiting} items are already waiting")
-        request = _Request(inputs)
-        self._queue.append(request)
-        self._queued_items += len(inputs)
-        # A caller that gives up (deadline, client gone) frees its place at once, not when the queue next moves.
-        request.future.add_done_callback(lambda _: self._stop_waiting(request))
+        parts = [_Request(part, cost, next(self._arrivals)) for part, cost in self._split(inputs)]
+        for part in parts:
+            self._queue.append(part)
+            self._queued_items += len(part.inputs)
+            # A caller that gives up (deadline, client gone) frees its place at once, not when the queue next moves.
+            part.future.add_done_callback(lambda _, part=part: self._stop_waiting(part))
         self._dispatch()
-        return await request.future
+        try:
+            rows = [await part.future for part in parts]
+        except BaseException:  # failed or given up: the request's other parts are not computed
+            for part in parts:
+                part.future.cancel()
+            raise
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _split(self, inputs: Inputs) -> list[tuple[Inputs, int]]:
+        """`inputs` in consecutive parts that each fit a batch (an item over `max_batch_cost` alone), with their
+        costs."""
+        parts, start, cost = [], 0, 0
+        for index, item in enumerate(inputs):
+            item_cost = self._item_cost(item)
+            over_cost = self._max_batch_cost is not None and cost + item_cost > self._max_batch_cost
+            if index > start and (index - start == self._max_batch_size or over_cost):
+                parts.append((inputs[start:index], cost))
+                start, cost = index, 0
+            cost += item_cost
+        parts.append((inputs[start:], cost))
+        return parts
 
     def _stop_waiting(self, request: _Request[Inputs]) -> None:
         if request.waiting:
@@ -110,20 +147,23 @@ class BatchQueue(Generic[Inputs]):
                     request.future.cancel()
 
     def _take_batch(self) -> list[_Request[Inputs]]:
-        """The longest run of queued requests that fits `max_batch_size` items. A request whose caller has gone (its
-        future cancelled) is dropped, not computed."""
-        batch: list[_Request[Inputs]] = []
-        size = 0
-        while self._queue:
-            request = self._queue[0]
-            if request.future.done():
-                self._queue.popleft()
-                continue
-            if batch and size + len(request.inputs) > self._max_batch_size:
-                break
-            batch.append(self._queue.popleft())
+        """The oldest waiting part, then the cheapest others while the batch's limits allow. A part whose caller has
+        gone (its future cancelled) is dropped, not computed."""
+        self._queue = [request for request in self._queue if not request.future.done()]
+        if not self._queue:
+            return []
+        oldest, *others = self._queue
+        batch, size, cost = [oldest], len(oldest.inputs), oldest.cost
+        for request in sorted(others, key=lambda request: (request.cost, request.arrival)):
+            fits_cost = self._max_batch_cost is None or cost + request.cost <= self._max_batch_cost
+            if size + len(request.inputs) <= self._max_batch_size and fits_cost:
+                batch.append(request)
+                size += len(request.inputs)
+                cost += request.cost
+        taken = set(map(id, batch))
+        self._queue = [request for request in self._queue if id(request) not in taken]
+        for request in batch:
             self._stop_waiting(request)
-            size += len(request.inputs)
         return batch
 
 

@@ -10,6 +10,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import psutil
@@ -48,6 +49,11 @@ from embedding_server.wire import encode_vectors
 from models.clip_text import zero_shot_probabilities
 from models.preprocess import ImagePreprocessor
 from models.tokenizer import TextTokenizer, TokenizedText
+
+Result = TypeVar("Result")
+INLINE_TOKENIZE_CHARS = 2_000
+"""Texts this short in all are tokenised on the event loop: it takes ~50 µs, as long as handing them to a worker
+thread and back; longer ones go to a thread, so that a 100 KB text does not hold up the other requests."""
 
 
 class Embedder:
@@ -149,7 +155,10 @@ class Embedder:
         """Texts through `model`'s tokenizer and model service; a text over the token limit is cut at its `side`
         (and reported) or, without `truncate`, a 422 naming it."""
         model.require()
-        tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate, side=side)
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            tokenized = self._tokenize(model, texts, truncate, side=side)
+        else:
+            tokenized = await asyncio.to_thread(self._tokenize, model, texts, truncate, side=side)
         vectors = await model.embed([t.ids for t in tokenized], normalize)
         if truncated := sum(t.truncated for t in tokenized):
             TEXTS_TRUNCATED.labels(model.name).inc(truncated)
@@ -173,11 +182,15 @@ class Embedder:
 
     async def _prepare_images(self, images: Sequence[str | bytes]) -> np.ndarray:
         """The images' pixels: URLs fetched first, all at once, in the fetch pool (the first refusal fails the
-        request), then every image decoded in a worker thread."""
+        request), then the images decoded at once, each in a worker thread (the first bad one, by index, fails the
+        request)."""
         self.image.require()
         fetched = await self.fetcher.fetch(url_contents(images, range(len(images))), fail_fast=True)
         contents = [fetched.get(i, content) for i, content in enumerate(images)]
-        return await asyncio.to_thread(lambda: np.stack([self._prepare_image(c, i) for i, c in enumerate(contents)]))
+        prepared = await in_threads(self._prepare_image, [(content, i) for i, content in enumerate(contents)])
+        if errors := [result for result in prepared if isinstance(result, ApiError)]:
+            raise errors[0]
+        return np.stack(prepared)
 
     def _prepare_image(self, content: str | bytes, index: int) -> np.ndarray:
         """Decoded and pre-processed; image URLs have been fetched before (`ImageFetcher`), off this thread."""
@@ -218,21 +231,24 @@ class Embedder:
                 url_contents([items[i].content for i in indexes], indexes), fail_fast=False
             )
 
-        def prepare_all() -> tuple[list[int], list[object]]:
-            ready, inputs = [], []
-            for index in indexes:
-                try:
-                    model.require(index)
-                    content = fetched.get(index, items[index].content)
-                    if isinstance(content, ApiError):
-                        raise content
-                    inputs.append(prepare(content, index))
-                    ready.append(index)
-                except ApiError as error:
-                    results[index] = responses.failed_item(items[index], error)
-            return ready, inputs
+        def prepare_item(index: int, content: str | bytes | ApiError) -> object:
+            model.require(index)
+            if isinstance(content, ApiError):
+                raise content
+            return prepare(content, index)
 
-        ready, inputs = await asyncio.to_thread(prepare_all)
+        work = [(index, fetched.get(index, items[index].content)) for index in indexes]
+        if model.modality is Modality.IMAGE:
+            prepared = await in_threads(prepare_item, work)
+        else:  # tokenising a text takes less than a thread's hand-over: all in one thread
+            prepared = await asyncio.to_thread(lambda: [caught(prepare_item, *args) for args in work])
+        ready, inputs = [], []
+        for index, result in zip(indexes, prepared, strict=True):
+            if isinstance(result, ApiError):
+                results[index] = responses.failed_item(items[index], result)
+            else:
+                ready.append(index)
+                inputs.append(result)
         if not ready:
             return
         try:
@@ -243,6 +259,21 @@ class Embedder:
             return
         for index, vector in zip(ready, encode_vectors(vectors, encoding), strict=True):
             results[index] = responses.embedded_item(items[index], vector)
+
+
+def caught(function: Callable[..., Result], *args: object) -> Result | ApiError:
+    """`function(*args)`, or the ApiError it raised."""
+    try:
+        return function(*args)
+    except ApiError as error:
+        return error
+
+
+async def in_threads(function: Callable[..., Result], calls: Sequence[tuple]) -> list[Result | ApiError]:
+    """`function(*args)` for each of `calls`, each in a worker thread of its own and all at once, in order; an
+    ApiError is returned in its place. Decoding and resizing release the GIL, so a request's images decode on every
+    core while the model computes."""
+    return list(await asyncio.gather(*(asyncio.to_thread(caught, function, *args) for args in calls)))
 
 
 def url_contents(contents: Sequence[str | bytes], indexes: Sequence[int]) -> dict[int, str]:

@@ -124,11 +124,16 @@ class LoadedOnFirstUse:
 
 
 def remote_client(
-    proxy: Any, max_batch_size: int, max_queued: int, method: str = "embed", problem_method: str = "load_problem"
+    proxy: Any,
+    max_batch_size: int,
+    max_queued: int,
+    method: str = "embed",
+    problem_method: str = "load_problem",
+    max_batch_tokens: int | None = None,
 ) -> ModelClient:
     """The API's client for a model service reached through `bentoml.depends`, calling its `method` (and
     `problem_method` to learn why it has no model); concurrent requests are sent together, up to `max_batch_size`
-    items a call, with at most `max_queued` items waiting."""
+    items (and, for token ids, `max_batch_tokens` tokens) a call, with at most `max_queued` items waiting."""
     client = proxy.to_async
 
     async def load_problem() -> str | None:
@@ -158,5 +163,7 @@ def remote_client(
             except TimeoutError as exc:
                 raise ModelUnavailable("the model service timed out") from exc
 
-    queue = BatchQueue(call_embed, max_batch_size, CALLS_IN_FLIGHT, max_queued)
+    queue = BatchQueue(
+        call_embed, max_batch_size, CALLS_IN_FLIGHT, max_queued, max_batch_tokens, len if max_batch_tokens else None
+    )
     return ModelClient(embed=queue.submit, load_problem=load_problem)

@@ -85,7 +85,7 @@ class TeiApi:
             model_type={"embedding": {"pooling": "mean"}},
             max_concurrent_requests=settings.max_queued_items,
             max_input_length=max_tokens,
-            max_batch_tokens=settings.text_max_batch_size * max_tokens,
+            max_batch_tokens=settings.max_batch_tokens,
             max_batch_requests=None,
             max_client_batch_size=settings.max_items_per_request,
             auto_truncate=True,

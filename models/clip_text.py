@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.onnx_backend import CLIP_TEXT_ONNX_FILE, onnx_forward
+from models.onnx_backend import CLIP_TEXT_ONNX_FILE, export_forward
 from models.runtime import Runtime
 from models.text import TextEncoder
 from models.tokenizer import TextTokenizer
@@ -22,15 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class ClipTextEncoder(TextEncoder):
-    """The text tower and its projection, on torch or ONNX Runtime; batching and padding as for `TextEncoder`."""
+    """The text tower and its projection, on torch, ONNX Runtime or OpenVINO; batching and padding as for
+    `TextEncoder`."""
 
     @classmethod
     def load(cls, path: str | Path, runtime: Runtime) -> ClipTextEncoder:
         path = Path(path)
-        if runtime.backend == "onnx" and (path / CLIP_TEXT_ONNX_FILE).is_file():
-            forward = onnx_forward(path / CLIP_TEXT_ONNX_FILE, runtime.threads)
+        if runtime.runs_export and (path / CLIP_TEXT_ONNX_FILE).is_file():
+            forward = export_forward(path / CLIP_TEXT_ONNX_FILE, runtime)
         else:
-            if runtime.backend == "onnx":
+            if runtime.runs_export:
                 logger.warning("%s has no ONNX export of CLIP's text tower; it runs on torch", path)
             from models.torch_backend import load_clip_text_module, torch_forward
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.onnx_backend import ONNX_FILE, onnx_forward
+from models.onnx_backend import ONNX_FILE, export_forward
 from models.preprocess import ImagePreprocessor
 from models.runtime import Runtime
 from models.vectors import l2_normalize
@@ -19,7 +19,7 @@ FORWARD_CHUNK = 16
 
 
 class ImageEncoder:
-    """CLIP's vision tower and projection on torch or ONNX Runtime.
+    """CLIP's vision tower and projection on torch, ONNX Runtime or OpenVINO.
 
     `encode` equals `CLIPModel.get_image_features` (L2-normalised by default)."""
 
@@ -39,8 +39,8 @@ class ImageEncoder:
     def load(cls, path: str | Path, runtime: Runtime) -> ImageEncoder:
         path = Path(path)
         preprocessor = ImagePreprocessor.from_dir(path)
-        if runtime.backend == "onnx":
-            forward = onnx_forward(path / ONNX_FILE, runtime.threads)
+        if runtime.runs_export:
+            forward = export_forward(path / ONNX_FILE, runtime)
         else:
             from models.torch_backend import load_image_module, torch_forward
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.runtime import Runtime
+
 ONNX_FILE = Path("onnx") / "model.onnx"
 """Where a stored model keeps its export, relative to the model's folder."""
 CLIP_TEXT_ONNX_FILE = Path("onnx") / "text_model.onnx"
@@ -112,3 +114,12 @@ def onnx_forward(file: Path, threads: int = 0) -> Callable[..., np.ndarray]:
         return session.run(None, dict(zip(names, arrays, strict=True)))[0]
 
     return forward
+
+
+def export_forward(file: Path, runtime: Runtime) -> Callable[..., np.ndarray]:
+    """The ONNX export `file` on the runtime's CPU engine: ONNX Runtime, or OpenVINO for backend "openvino"."""
+    if runtime.backend == "openvino":
+        from models.openvino_backend import openvino_forward
+
+        return openvino_forward(file, runtime.threads)
+    return onnx_forward(file, runtime.threads)

@@ -1,4 +1,4 @@
-"""Where and how a model runs: the backend (torch or ONNX Runtime), the device and the CPU threads.
+"""Where and how a model runs: the backend (torch, ONNX Runtime or OpenVINO), the device and the CPU threads.
 
 Decided without importing torch, so that a process that runs ONNX Runtime never pays for it.
 """
@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["torch", "onnx"]
+Backend = Literal["torch", "onnx", "openvino"]
+EXPORT_BACKENDS = ("onnx", "openvino")
+"""The backends that run the stored ONNX exports, on the CPU, without torch."""
 Device = Literal["cpu", "cuda"]
 
 
@@ -20,6 +22,10 @@ class Runtime:
     device: Device
     threads: int = 0
     """CPU threads of the model's intra-op pool; 0 leaves the library's default."""
+
+    @property
+    def runs_export(self) -> bool:
+        return self.backend in EXPORT_BACKENDS
 
     @classmethod
     def choose(
@@ -32,21 +38,23 @@ class Runtime:
     ) -> Runtime:
         """On a GPU torch in fp16; on the CPU ONNX Runtime when the model has an export (backend "auto"), else torch.
         A model stored with its ONNX export alone runs on ONNX Runtime on the CPU, and torch is not even asked
-        whether a GPU is there.
+        whether a GPU is there. Backend "openvino" runs the same export on OpenVINO (models/openvino_backend.py).
 
-        Raises ValueError for a combination that cannot run: ONNX on the GPU, ONNX for a model without an export,
-        torch for a model without PyTorch weights.
+        Raises ValueError for a combination that cannot run: an export's backend on the GPU or for a model without an
+        export, torch for a model without PyTorch weights.
         """
         on_gpu = device == "cuda" or (device == "auto" and has_pytorch_weights and gpu_visible())
-        if backend == "onnx" and on_gpu:
-            raise ValueError("the ONNX backend runs on the CPU only; use BACKEND=torch (or auto) on a GPU")
-        if backend == "onnx" and not has_onnx:
+        if backend in EXPORT_BACKENDS and on_gpu:
+            raise ValueError(f"the {backend} backend runs on the CPU only; use BACKEND=torch (or auto) on a GPU")
+        if backend in EXPORT_BACKENDS and not has_onnx:
             raise ValueError("the model has no ONNX export; import it again with import_models.py --force")
-        chosen = cls(
-            "torch" if on_gpu else "onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch",
-            "cuda" if on_gpu else "cpu",
-            threads,
-        )
+        if on_gpu:
+            chosen_backend = "torch"
+        elif backend in EXPORT_BACKENDS:
+            chosen_backend = backend
+        else:
+            chosen_backend = "onnx" if backend == "auto" and has_onnx else "torch"
+        chosen = cls(chosen_backend, "cuda" if on_gpu else "cpu", threads)
         if chosen.backend == "torch" and not has_pytorch_weights:
             raise ValueError(
                 "the model was stored with its ONNX export alone (import_models.py --onnx-only), which runs on the "

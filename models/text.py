@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.onnx_backend import ONNX_FILE, onnx_forward
+from models.onnx_backend import ONNX_FILE, export_forward
 from models.runtime import Runtime
 from models.tokenizer import TextTokenizer
 from models.vectors import l2_normalize
@@ -17,7 +17,7 @@ FORWARD_CHUNK = 32
 
 
 class TextEncoder:
-    """A transformer encoder with mean pooling, on torch or ONNX Runtime.
+    """A transformer encoder with mean pooling, on torch, ONNX Runtime or OpenVINO.
 
     `encode` equals `SentenceTransformer.encode(normalize_embeddings=True)`."""
 
@@ -32,8 +32,8 @@ class TextEncoder:
     @classmethod
     def load(cls, path: str | Path, runtime: Runtime) -> TextEncoder:
         path = Path(path)
-        if runtime.backend == "onnx":
-            forward = onnx_forward(path / ONNX_FILE, runtime.threads)
+        if runtime.runs_export:
+            forward = export_forward(path / ONNX_FILE, runtime)
         else:
             from models.torch_backend import load_text_module, torch_forward
 

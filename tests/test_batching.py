@@ -53,7 +53,7 @@ def test_a_lone_request_goes_at_once_and_later_ones_share_the_next_batch():
     run(scenario())
 
 
-def test_batches_hold_whole_requests_up_to_the_size_limit():
+def test_batches_start_with_the_oldest_request_and_fill_up_with_the_smallest():
     async def scenario():
         forward = GatedForward()
         queue = BatchQueue(forward, max_batch_size=4)
@@ -63,8 +63,63 @@ def test_batches_hold_whole_requests_up_to_the_size_limit():
         requests = [asyncio.ensure_future(queue.submit(list(range(100 * n, 100 * n + n)))) for n in sizes]
         await settle()
         forward.gate.set()
-        await asyncio.gather(blocker, *requests)
-        assert [len(batch) for batch in forward.batches] == [1, 3, 4, 6, 1]  # 6 > 4 goes alone, never split
+        results = await asyncio.gather(blocker, *requests)
+        # The 6 is queued in parts of 4 and 2; each batch takes the oldest part, then the smallest that fit.
+        assert forward.batches == [[0], [300, 301, 302, 100], [200, 201, 200, 201], [600, 601, 602, 603], [604, 605]]
+        assert [r[:, 0].tolist() for r in results[1:]] == [list(range(100 * n, 100 * n + n)) for n in sizes]
+
+    run(scenario())
+
+
+def test_a_token_budget_bounds_each_batch_and_a_short_request_overtakes_long_ones():
+    async def scenario():
+        forward = GatedForward()
+        # Items are "texts" whose cost is their value's tens: 30 costs 3.
+        queue = BatchQueue(forward, max_batch_size=100, max_batch_cost=7, item_cost=lambda item: item // 10)
+        blocker = asyncio.ensure_future(queue.submit([10]))
+        await settle()
+        long_requests = [asyncio.ensure_future(queue.submit([30, 30, 30, 30])) for _ in range(3)]  # cost 12 each
+        await settle()
+        short = asyncio.ensure_future(queue.submit([10]))
+        await settle()
+        forward.gate.set()
+        await asyncio.gather(blocker, short, *long_requests)
+        assert all(sum(item // 10 for item in batch) <= 7 for batch in forward.batches)
+        # The short request goes in the first batch after the blocker, beside the oldest part of a long one.
+        assert forward.batches[1] == [30, 30, 10]
+        assert len(forward.batches) == 1 + 6  # each long request in two parts of cost 6, no two of which fit one batch
+
+    run(scenario())
+
+
+def test_the_oldest_part_goes_first_so_short_requests_cannot_starve_a_long_one():
+    async def scenario():
+        forward = GatedForward()
+        queue = BatchQueue(forward, max_batch_size=2)
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await settle()
+        long = asyncio.ensure_future(queue.submit([1, 2, 3, 4]))
+        shorts = [asyncio.ensure_future(queue.submit([10 + n])) for n in range(6)]
+        await settle()
+        forward.gate.set()
+        await asyncio.gather(blocker, long, *shorts)
+        assert forward.batches[1:3] == [[1, 2], [3, 4]]  # not behind the six short ones
+
+    run(scenario())
+
+
+def test_a_request_in_parts_fails_whole_and_its_other_parts_are_not_computed():
+    async def scenario():
+        forward = GatedForward(fail_on=2)
+        queue = BatchQueue(forward, max_batch_size=2)
+        request = asyncio.ensure_future(queue.submit([1, 2, 3, 4, 5, 6]))
+        await settle()
+        forward.gate.set()
+        with pytest.raises(RuntimeError, match="failed on 2"):
+            await request
+        await settle()
+        assert forward.batches == [[1, 2]]  # the second call was queued behind it and given up with the request
+        assert queue.queued_items == 0
 
     run(scenario())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +32,9 @@ TEXTS = [
 
 TORCH = Runtime("torch", "cpu")
 ONNX = Runtime("onnx", "cpu")
+OPENVINO = Runtime("openvino", "cpu")
 ONNX_TOLERANCE = 1e-4  # cosine distance from the PyTorch vectors
+OPENVINO_TOLERANCE = 1e-3  # the same in bf16, on a CPU that has it (on the real models: < 5e-5)
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +48,29 @@ def image_encoder(clip_dir) -> ImageEncoder:
 
 
 @pytest.fixture(scope="module")
-def onnx_text_encoder(tmp_path_factory) -> TextEncoder:
+def text_export(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("minilm") / "model"
     shutil.copytree(TEXT_SOURCE, folder)
     export_text_model(folder)
-    return TextEncoder.load(folder, ONNX)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def onnx_image_encoder(tmp_path_factory, clip_dir) -> ImageEncoder:
+def image_export(tmp_path_factory, clip_dir) -> Path:
     folder = tmp_path_factory.mktemp("clip") / "model"
     shutil.copytree(clip_dir, folder)
     export_image_model(folder)
-    return ImageEncoder.load(folder, ONNX)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def onnx_text_encoder(text_export) -> TextEncoder:
+    return TextEncoder.load(text_export, ONNX)
+
+
+@pytest.fixture(scope="module")
+def onnx_image_encoder(image_export) -> ImageEncoder:
+    return ImageEncoder.load(image_export, ONNX)
 
 
 def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -171,9 +184,24 @@ def test_onnx_image_vectors_within_tolerance_of_torch(image_encoder, onnx_image_
     assert cosine_distances(onnx_image_encoder.encode(images), reference).max() < ONNX_TOLERANCE
 
 
+def test_openvino_vectors_within_tolerance_of_torch(text_encoder, image_encoder, text_export, image_export):
+    texts = TEXTS + ["short", "a much longer sentence that pads the short ones in the same forward pass " * 3]
+    openvino_text = TextEncoder.load(text_export, OPENVINO)
+    assert cosine_distances(openvino_text.encode(texts), text_encoder.encode(texts)).max() < OPENVINO_TOLERANCE
+    images = sample_images()
+    openvino_image = ImageEncoder.load(image_export, OPENVINO)
+    assert cosine_distances(openvino_image.encode(images), image_encoder.encode(images)).max() < OPENVINO_TOLERANCE
+
+
 @pytest.mark.parametrize(
     ("backend", "has_onnx", "chosen"),
-    [("auto", True, "onnx"), ("auto", False, "torch"), ("torch", True, "torch"), ("onnx", True, "onnx")],
+    [
+        ("auto", True, "onnx"),
+        ("auto", False, "torch"),
+        ("torch", True, "torch"),
+        ("onnx", True, "onnx"),
+        ("openvino", True, "openvino"),
+    ],
 )
 def test_runtime_on_the_cpu(backend, has_onnx, chosen):
     assert Runtime.choose("cpu", backend, 2, has_onnx=has_onnx) == Runtime(chosen, "cpu", 2)
@@ -182,8 +210,11 @@ def test_runtime_on_the_cpu(backend, has_onnx, chosen):
 def test_runtime_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="no ONNX export"):
         Runtime.choose("cpu", "onnx", has_onnx=False)
-    with pytest.raises(ValueError, match="CPU only"):
-        Runtime.choose("cuda", "onnx", has_onnx=True)
+    with pytest.raises(ValueError, match="no ONNX export"):
+        Runtime.choose("cpu", "openvino", has_onnx=False)
+    for backend in ("onnx", "openvino"):
+        with pytest.raises(ValueError, match="CPU only"):
+            Runtime.choose("cuda", backend, has_onnx=True)
     assert Runtime.choose("cuda", "auto", has_onnx=True) == Runtime("torch", "cuda")
     for device, backend in (("cpu", "torch"), ("cuda", "auto")):
         with pytest.raises(ValueError, match="--onnx-only"):
@@ -225,4 +256,22 @@ def test_reduced_scale_jpeg_decode_stays_within_tolerance(image_encoder, size):
     reduced = preprocessor(reduced_image)
     assert np.abs(full.astype(int) - reduced.astype(int)).mean() < 2  # grey levels
     vectors = [image_encoder.embed_pixels(pixels[None]) for pixels in (full, reduced)]
+    assert cosine_distances(*vectors).max() < 1e-4
+
+
+def test_a_large_image_is_shrunk_by_a_whole_factor_first_within_tolerance(image_encoder):
+    screenshot = Image.new("RGB", (3840, 2160), (245, 245, 245))
+    draw = ImageDraw.Draw(screenshot)
+    for line in range(0, 2160, 24):  # lines of "text", whose sharp edges a box filter changes most
+        draw.rectangle([40, line + 6, 40 + (line * 7) % 3000, line + 16], fill=(40, 40, 40))
+    mean, std = CLIPImageProcessorPil.image_mean, CLIPImageProcessorPil.image_std
+    exact = ImagePreprocessor(224, (224, 224), mean, std, reducing_gap=None)(screenshot)
+    reduced = ImagePreprocessor(224, (224, 224), mean, std)(screenshot)
+    assert 0 < np.abs(exact.astype(int) - reduced.astype(int)).mean() < 0.5  # grey levels
+    tiny = image_encoder.preprocessor
+    exact, reduced = (
+        ImagePreprocessor(tiny.size, (tiny.crop_height, tiny.crop_width), tiny.mean, tiny.std, gap)(screenshot)
+        for gap in (None, tiny.reducing_gap)
+    )
+    vectors = [image_encoder.embed_pixels(pixels[None]) for pixels in (exact, reduced)]
     assert cosine_distances(*vectors).max() < 1e-4
