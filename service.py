@@ -146,7 +146,10 @@ class ImageModel:
             thread = ForwardThread()
             self.forward = counted_forward("image", self.loaded.encoder.embed_pixels, thread)
             self.text_forward = LoadedOnFirstUse(
-                lambda: load_encoder(Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings),
+                # The text tower has no int8 export: it is a small part of the work (short texts), left in fp32.
+                lambda: load_encoder(
+                    Modality.IMAGE, settings.image_model_name, ClipTextEncoder.load, settings, quantize="none"
+                ),
                 lambda text_encoder: counted_forward("image_text", text_encoder.embed_token_ids, thread),
                 thread,
             )

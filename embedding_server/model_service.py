@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bentoml
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from embedding_server.batching import BatchQueue, ForwardThread
@@ -18,7 +19,7 @@ from embedding_server.model_store import Modality, find_stored, import_hint
 from embedding_server.observability import MODEL_BATCH_SIZE
 from embedding_server.served_model import ModelClient, ModelFailed, ModelNotLoaded, ModelUnavailable
 from embedding_server.settings import Settings
-from models.onnx_backend import ONNX_FILE
+from models.onnx_backend import INT8_ONNX_FILE, ONNX_FILE
 from models.runtime import Runtime
 
 logger = logging.getLogger("embedding_server")
@@ -46,8 +47,15 @@ class Loaded:
     problem: str | None = None
 
 
-def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any], Any], settings: Settings) -> Loaded:
-    """The model service's encoder from the store, or why there is none (logged)."""
+def load_encoder(
+    modality: Modality,
+    model_id: str,
+    loader: Callable[[Path, Any], Any],
+    settings: Settings,
+    quantize: str | None = None,
+) -> Loaded:
+    """The model service's encoder from the store, or why there is none (logged). `quantize`: QUANTIZE's value
+    for this encoder, when it is not the setting's (CLIP's text tower has no int8 export)."""
     stored = find_stored(model_id)
     if stored is None:
         logger.warning(import_hint(modality, model_id))
@@ -60,13 +68,16 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
             settings.threads_per_model(),
             has_onnx=(path / ONNX_FILE).is_file(),
             has_pytorch_weights=stored.info.metadata.get("pytorch_weights", True),
+            int8=(quantize or settings.quantize) == "int8",
         )
+        if runtime.int8:
+            refuse_unchecked_int8(stored)
         encoder = loader(path, runtime)
     except Exception as exc:
         logger.exception("cannot load %s model %s from %s", modality.value, model_id, stored.path)
         return Loaded(problem=f"{modality.value} model {stored.tag} failed to load: {type(exc).__name__}: {exc}")
     logger.info(
-        "%s model %s (%s) loaded as %s: %s on %s, %s threads",
+        "%s model %s (%s) loaded as %s: %s on %s, %s threads%s",
         modality.value,
         model_id,
         stored.tag,
@@ -74,8 +85,24 @@ def load_encoder(modality: Modality, model_id: str, loader: Callable[[Path, Any]
         runtime.backend,
         runtime.device,
         runtime.threads,
+        ", int8" if runtime.int8 else "",
     )
     return Loaded(encoder)
+
+
+def refuse_unchecked_int8(stored: bentoml.Model) -> None:
+    """Raises ValueError unless the stored model's int8 export is there and passed the quality gate at import."""
+    gate = stored.info.metadata.get("int8")
+    if gate is None or not (Path(stored.path) / INT8_ONNX_FILE).is_file():
+        raise ValueError(
+            f"QUANTIZE=int8: {stored.tag} has no int8 export; import it again with `python import_models.py --force "
+            "--int8`, or set QUANTIZE=none"
+        )
+    if not gate["passed"]:
+        raise ValueError(
+            f"QUANTIZE=int8: the int8 export of {stored.tag} failed the quality gate at import "
+            f"({'; '.join(gate['failures'])}, on {gate['inputs']} inputs), so it is not served; set QUANTIZE=none"
+        )
 
 
 def counted_forward(model: str, forward: Callable, thread: ForwardThread) -> Callable[[Any], Awaitable[Any]]:

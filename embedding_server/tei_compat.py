@@ -79,9 +79,11 @@ class TeiApi:
     def info(self) -> TeiInfo:
         model, settings = self.embedder.text, self.embedder.settings
         max_tokens = self._tokenizer().max_tokens
+        # A model whose int8 export is refused is not served at all, so QUANTIZE says what serves.
+        dtype = "int8" if settings.quantize == "int8" else "float16" if settings.device == "cuda" else "float32"
         return TeiInfo(
             model_id=model.model_id,
-            model_dtype="float16" if settings.device == "cuda" else "float32",
+            model_dtype=dtype,
             model_type={"embedding": {"pooling": "mean"}},
             max_concurrent_requests=settings.max_queued_items,
             max_input_length=max_tokens,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.onnx_backend import ONNX_FILE, export_forward
+from models.onnx_backend import export_forward, model_export
 from models.preprocess import ImagePreprocessor
 from models.runtime import Runtime
 from models.vectors import l2_normalize
@@ -40,7 +40,7 @@ class ImageEncoder:
         path = Path(path)
         preprocessor = ImagePreprocessor.from_dir(path)
         if runtime.runs_export:
-            forward = export_forward(path / ONNX_FILE, runtime)
+            forward = export_forward(model_export(path, runtime), runtime)
         else:
             from models.torch_backend import load_image_module, torch_forward
 

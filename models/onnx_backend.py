@@ -12,6 +12,8 @@ from models.runtime import Runtime
 
 ONNX_FILE = Path("onnx") / "model.onnx"
 """Where a stored model keeps its export, relative to the model's folder."""
+INT8_ONNX_FILE = Path("onnx") / "model.int8.onnx"
+"""Where a stored model keeps the int8 version of ONNX_FILE (models/quantize.py), when it was imported with one."""
 CLIP_TEXT_ONNX_FILE = Path("onnx") / "text_model.onnx"
 """Where a stored CLIP model keeps the export of its text tower, beside the image tower's ONNX_FILE."""
 
@@ -114,6 +116,11 @@ def onnx_forward(file: Path, threads: int = 0) -> Callable[..., np.ndarray]:
         return session.run(None, dict(zip(names, arrays, strict=True)))[0]
 
     return forward
+
+
+def model_export(folder: Path, runtime: Runtime) -> Path:
+    """The export of the model in `folder` that `runtime` runs: fp32, or int8."""
+    return folder / (INT8_ONNX_FILE if runtime.int8 else ONNX_FILE)
 
 
 def export_forward(file: Path, runtime: Runtime) -> Callable[..., np.ndarray]:

@@ -30,9 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-INT8_FILE = Path("onnx") / "model.int8.onnx"
-"""Where a stored model keeps its int8 export, beside `models.onnx_backend.ONNX_FILE`."""
-
 MIN_MEAN_COSINE = 0.99
 MIN_COSINE = 0.97
 MIN_PAIR_AGREEMENT = 0.97
@@ -85,6 +82,7 @@ class Quality:
             "min_cosine": round(self.min_cosine, 5),
             "pair_agreement": round(self.pair_agreement, 5),
             "similar_pairs": self.similar_pairs,
+            "failures": self.failures,
         }
 
 

@@ -22,6 +22,8 @@ class Runtime:
     device: Device
     threads: int = 0
     """CPU threads of the model's intra-op pool; 0 leaves the library's default."""
+    int8: bool = False
+    """Runs the model's int8 export (models/quantize.py), on ONNX Runtime on the CPU."""
 
     @property
     def runs_export(self) -> bool:
@@ -35,13 +37,14 @@ class Runtime:
         threads: int = 0,
         has_onnx: bool = False,
         has_pytorch_weights: bool = True,
+        int8: bool = False,
     ) -> Runtime:
         """On a GPU torch in fp16; on the CPU ONNX Runtime when the model has an export (backend "auto"), else torch.
         A model stored with its ONNX export alone runs on ONNX Runtime on the CPU, and torch is not even asked
         whether a GPU is there. Backend "openvino" runs the same export on OpenVINO (models/openvino_backend.py).
 
         Raises ValueError for a combination that cannot run: an export's backend on the GPU or for a model without an
-        export, torch for a model without PyTorch weights.
+        export, torch for a model without PyTorch weights, int8 anywhere but on ONNX Runtime on the CPU.
         """
         on_gpu = device == "cuda" or (device == "auto" and has_pytorch_weights and gpu_visible())
         if backend in EXPORT_BACKENDS and on_gpu:
@@ -54,7 +57,12 @@ class Runtime:
             chosen_backend = backend
         else:
             chosen_backend = "onnx" if backend == "auto" and has_onnx else "torch"
-        chosen = cls(chosen_backend, "cuda" if on_gpu else "cpu", threads)
+        chosen = cls(chosen_backend, "cuda" if on_gpu else "cpu", threads, int8)
+        if int8 and chosen.backend != "onnx":
+            raise ValueError(
+                f"QUANTIZE=int8 runs on ONNX Runtime on the CPU only, and this model would run on {chosen.backend} on "
+                f"{chosen.device}; set QUANTIZE=none"
+            )
         if chosen.backend == "torch" and not has_pytorch_weights:
             raise ValueError(
                 "the model was stored with its ONNX export alone (import_models.py --onnx-only), which runs on the "

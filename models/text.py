@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.onnx_backend import ONNX_FILE, export_forward
+from models.onnx_backend import export_forward, model_export
 from models.runtime import Runtime
 from models.tokenizer import TextTokenizer
 from models.vectors import l2_normalize
@@ -33,7 +33,7 @@ class TextEncoder:
     def load(cls, path: str | Path, runtime: Runtime) -> TextEncoder:
         path = Path(path)
         if runtime.runs_export:
-            forward = export_forward(path / ONNX_FILE, runtime)
+            forward = export_forward(model_export(path, runtime), runtime)
         else:
             from models.torch_backend import load_text_module, torch_forward
 
