@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +51,21 @@ class ImageEncoder:
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Un-normalised float32 vectors, shape (N, dimension), from uint8 pixels of shape (N, H, W, 3)."""
         vectors = np.zeros((len(pixels), self.dimension), dtype=np.float32)
-        for start in range(0, len(pixels), FORWARD_CHUNK):
-            chunk = pixels[start : start + FORWARD_CHUNK]
-            vectors[start : start + len(chunk)] = self._forward(np.ascontiguousarray(chunk, dtype=np.uint8))
+        for rows, inputs in self.forward_inputs(pixels):
+            vectors[rows] = self._forward(*inputs)
         return vectors
+
+    def forward_inputs(self, pixels: np.ndarray) -> Iterator[tuple[slice, tuple[np.ndarray]]]:
+        """The forward passes that embed `pixels`: the rows each computes, and its model input."""
+        for start in range(0, len(pixels), FORWARD_CHUNK):
+            rows = slice(start, start + FORWARD_CHUNK)
+            yield rows, (np.ascontiguousarray(pixels[rows], dtype=np.uint8),)
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The uint8 model input for PIL images, shape (N, H, W, 3)."""
+        return np.stack([self.preprocessor(image) for image in images])
 
     def encode(self, images: Sequence[Image.Image], normalize: bool = True) -> np.ndarray:
         """Embeds PIL images; float32, shape (len(images), dimension)."""
-        vectors = self.embed_pixels(np.stack([self.preprocessor(image) for image in images]))
+        vectors = self.embed_pixels(self.pixels(images))
         return l2_normalize(vectors) if normalize else vectors

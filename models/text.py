@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +46,17 @@ class TextEncoder:
     def embed_token_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Mean-pooled, un-normalised float32 vectors, shape (len(batch), dimension), in the order given."""
         vectors = np.zeros((len(batch), self.dimension), dtype=np.float32)
+        for rows, inputs in self.forward_inputs(batch):
+            vectors[rows] = self._forward(*inputs)
+        return vectors
+
+    def forward_inputs(self, batch: Sequence[Sequence[int]]) -> Iterator[tuple[list[int], tuple[np.ndarray, ...]]]:
+        """The forward passes that embed `batch`: the rows of `batch` each computes, and its model inputs."""
         # Texts of similar length go through together, so that a short text does not pay for padding to a long one.
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         for start in range(0, len(order), FORWARD_CHUNK):
             rows = order[start : start + FORWARD_CHUNK]
-            vectors[rows] = self._forward(*pad_token_ids([batch[i] for i in rows], self.tokenizer.pad_token_id))
-        return vectors
+            yield rows, pad_token_ids([batch[i] for i in rows], self.tokenizer.pad_token_id)
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
         """Embeds texts (cut to `tokenizer.max_tokens`); float32, shape (len(texts), dimension)."""
