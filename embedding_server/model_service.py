@@ -93,15 +93,15 @@ def load_encoder(
 def refuse_unchecked_int8(stored: bentoml.Model) -> None:
     """Raises ValueError unless the stored model's int8 export is there and passed the quality gate at import."""
     gate = stored.info.metadata.get("int8")
+    if gate is not None and not gate["passed"]:
+        raise ValueError(
+            f"QUANTIZE=int8: the int8 export of {stored.tag} failed its quality check at import "
+            f"({'; '.join(gate['failures'])}), so it is not served; set QUANTIZE=none"
+        )
     if gate is None or not (Path(stored.path) / INT8_ONNX_FILE).is_file():
         raise ValueError(
             f"QUANTIZE=int8: {stored.tag} has no int8 export; import it again with `python import_models.py --force "
             "--int8`, or set QUANTIZE=none"
-        )
-    if not gate["passed"]:
-        raise ValueError(
-            f"QUANTIZE=int8: the int8 export of {stored.tag} failed the quality gate at import "
-            f"({'; '.join(gate['failures'])}, on {gate['inputs']} inputs), so it is not served; set QUANTIZE=none"
         )
 
 
