@@ -3,7 +3,9 @@
     python -m bench.raw --data DIR --out raw.json [--batch-sizes 1,8,16,32,64] [--seconds 3]
 
 Text: tokenise + forward + normalise. Images: base64 + decode + pre-process + forward + normalise, from the same
-data URLs the server gets. The encoders load as the model services load them (settings, backend, threads).
+data URLs the server gets. The encoders load as the model services load them (settings, backend, threads); then,
+where the stored model's int8 export passed its gate, as QUANTIZE=int8 loads them, on the file texts, the short texts
+and the photos (rows "file text int8" and so on).
 """
 
 from __future__ import annotations
@@ -76,28 +78,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    # Each encoder on each workload (bench.data): the short one, then the files (file texts, camera-size photos).
+    # Each encoder on each workload (bench.data): the short one, then the files (file texts, camera-size photos);
+    # then its int8 export, where it has one that passed.
+    short, files = args.data, args.data / FILES_FOLDER
     plan = [
-        (Modality.TEXT, settings.text_model_name, TextEncoder.load, text_pipeline, ("text", "file text")),
-        (Modality.IMAGE, settings.image_model_name, ImageEncoder.load, image_pipeline, ("image", "photo")),
+        (Modality.TEXT, settings.text_model_name, TextEncoder.load, text_pipeline, "none", ("text", "file text")),
+        (Modality.IMAGE, settings.image_model_name, ImageEncoder.load, image_pipeline, "none", ("image", "photo")),
+        (Modality.TEXT, settings.text_model_name, TextEncoder.load, text_pipeline, "int8", ("text", "file text")),
+        (Modality.IMAGE, settings.image_model_name, ImageEncoder.load, image_pipeline, "int8", ("photo",)),
     ]
     report: dict = {"backend": {}, "threads": settings.threads_per_model(), "rows": []}
-    for modality, model_id, loader, pipeline, kinds in plan:
-        encoder = load_encoder(modality, model_id, loader, settings).encoder if model_id else None
-        if encoder is None:
+    for modality, model_id, loader, pipeline, quantize, kinds in plan:
+        loaded = load_encoder(modality, model_id, loader, settings, quantize) if model_id else None
+        if loaded is None or loaded.encoder is None:
+            if quantize == "int8" and loaded is not None:
+                print(f"raw {modality.value} int8: not measured, {loaded.problem}", flush=True)
             continue
-        report["backend"][modality.value] = encoder.runtime.backend
-        for kind, folder in zip(kinds, (args.data, args.data / FILES_FOLDER), strict=True):
+        encoder = loaded.encoder
+        report["backend"][modality.value + (" int8" if quantize == "int8" else "")] = encoder.runtime.backend
+        for kind in kinds:
+            folder = files if kind in ("file text", "photo") else short
             inputs = json.loads((folder / (TEXTS_FILE if modality is Modality.TEXT else IMAGES_FILE)).read_text())
+            kind += " int8" if quantize == "int8" else ""
             for batch_size in batch_sizes:
                 row = {"modality": kind, **measure(pipeline(encoder), inputs, batch_size, args.seconds)}
                 report["rows"].append(row)
                 print(
-                    f"raw {kind:9} batch {batch_size:3}: {row['items_per_s']:8.1f} items/s, "
+                    f"raw {kind:14} batch {batch_size:3}: {row['items_per_s']:8.1f} items/s, "
                     f"{row['latency_ms_p50']:8.2f} ms per batch",
                     flush=True,
                 )
-        del encoder
+        del encoder, loaded
     args.out.write_text(json.dumps(report, indent=2))
     return 0
 

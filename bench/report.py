@@ -84,6 +84,7 @@ def row_value(rows: list[dict], modality: str, clients: int, items: int, key: st
 def judge(results: dict) -> list[Target]:
     """The benchmark's targets, judged on `results` (rows already compared with raw)."""
     rows, server = results["rows"], results["server"]
+    raw_file_text = raw_best(results["raw"], "file text")
     return [
         Target("text 32 clients × 8 texts: items/s ÷ raw best", row_value(rows, "text", 32, 8, "vs_raw"), 0.90, True),
         Target(
@@ -100,6 +101,12 @@ def judge(results: dict) -> list[Target]:
             "file texts 32 clients × 8: items/s ÷ raw best", row_value(rows, "file text", 32, 8, "vs_raw"), 0.90, True
         ),
         Target(
+            "file texts 32 clients × 8, QUANTIZE=int8: items/s ÷ fp32 raw best",
+            ratio(row_value(results.get("int8_rows") or [], "file text int8", 32, 8, "items_per_s"), raw_file_text),
+            1.6,
+            True,
+        ),
+        Target(
             "photos 16 clients × 4: items/s ÷ raw best (decode included)",
             row_value(rows, "photo", 16, 4, "vs_raw"),
             0.90,
@@ -113,13 +120,19 @@ def judge(results: dict) -> list[Target]:
         ),
         Target(
             "errors over all rows",
-            sum(row["errors"] for row in [*rows, *(results.get("mixed") or [])]) if rows else None,
+            sum(row["errors"] for row in [*rows, *(results.get("mixed") or []), *(results.get("int8_rows") or [])])
+            if rows
+            else None,
             0,
             False,
         ),
         Target("peak RSS of the server's processes (MiB)", server["rss_mib"]["peak"], RSS_LIMIT_MIB, False),
         Target("ready: start to first 200 on /health (s)", server["ready_s"], READY_LIMIT_S, False),
     ]
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    return round(value / reference, 3) if value is not None and reference else None
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -131,18 +144,19 @@ def tables(results: dict, targets: list[Target]) -> list[tuple[str, list[str], l
     raw = results["raw"]
     raw_cells = [
         [row["modality"], str(row["batch_size"]), fmt(row["items_per_s"]), fmt(row["latency_ms_p50"])]
-        for modality in ("text", "file text", "image", "photo")
+        for modality in ("text", "file text", "image", "photo", "text int8", "file text int8", "photo int8")
         for row in raw_rows(raw, modality)
     ]
     backend = (raw or {}).get("backend", {})
     raw_title = "Raw encoders in process" + (f" (backend: {json.dumps(backend)})" if backend else "")
     server_cells = []
-    for row in results["rows"]:
+    for row in [*results["rows"], *(results.get("int8_rows") or [])]:
         latency = row["latency_ms"] or {}
         server_cells.append(
             [
                 f"/embed/{row['route']}"
-                + (f" ({row['modality']}s)" if row["modality"] in ("file text", "photo") else ""),
+                + (f" ({row['modality']}s)" if row["modality"] in ("file text", "photo") else "")
+                + (" (file texts, QUANTIZE=int8)" if row["modality"] == "file text int8" else ""),
                 str(row["clients"]),
                 f"{row['texts_per_request']}+{row['images_per_request']}"
                 if row["modality"] == "mixed"
@@ -278,7 +292,7 @@ def plot(results: dict, path: Path) -> None:
 def report(results: dict, out: Path) -> str:
     """Compares rows with raw, judges the targets (both added to `results`), writes `<label>.json`, `.md` and `.png`
     into `out`; returns the report as printable text."""
-    for row in results["rows"]:
+    for row in [*results["rows"], *(results.get("int8_rows") or [])]:
         compare_with_raw(row, results["raw"])
     if results.get("bulk"):
         bulk = results["bulk"]

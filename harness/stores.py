@@ -31,9 +31,16 @@ def run_import(
 
 
 def import_both(
-    bentoml_home: Path, clip: Path, env: dict[str, str] | None = None, timeout_s: float = 300
+    bentoml_home: Path, clip: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
 ) -> subprocess.CompletedProcess:
-    """Imports all-MiniLM-L6-v2 from its PyPI package and the CLIP saved in the folder `clip`."""
+    """Imports all-MiniLM-L6-v2 from its PyPI package and the CLIP saved in the folder `clip`, with `args` added."""
     return run_import(
-        bentoml_home, "--text-source", str(TEXT_SOURCE), "--image-source", str(clip), env=env, timeout_s=timeout_s
+        bentoml_home,
+        "--text-source",
+        str(TEXT_SOURCE),
+        "--image-source",
+        str(clip),
+        *args,
+        env=env,
+        timeout_s=timeout_s,
     )
