@@ -15,11 +15,14 @@ from sentence_transformers import SentenceTransformer
 from transformers import CLIPImageProcessorPil, CLIPModel
 
 from embedding_server.images import decode_image
+from models.calibration import CALIBRATION_TEXTS, texts
 from models.image import ImageEncoder
-from models.onnx_backend import export_image_model, export_text_model
+from models.onnx_backend import INT8_ONNX_FILE, ONNX_FILE, export_image_model, export_text_model
 from models.preprocess import ImagePreprocessor
+from models.quantize import measure_quality, quantize_model
 from models.runtime import Runtime
 from models.text import TextEncoder
+from models.vectors import l2_normalize
 
 TEXTS = [
     "Hello world",
@@ -219,6 +222,40 @@ def test_runtime_refuses_what_cannot_run():
     for device, backend in (("cpu", "torch"), ("cuda", "auto")):
         with pytest.raises(ValueError, match="--onnx-only"):
             Runtime.choose(device, backend, has_onnx=True, has_pytorch_weights=False)
+    for device, backend, has_onnx in (("cpu", "auto", False), ("cuda", "auto", True)):
+        with pytest.raises(ValueError, match="QUANTIZE=int8 runs on ONNX Runtime on the CPU only"):
+            Runtime.choose(device, backend, has_onnx=has_onnx, int8=True)
+    assert Runtime.choose("cpu", "auto", 2, has_onnx=True, int8=True) == Runtime("onnx", "cpu", 2, int8=True)
+
+
+def test_int8_text_export_within_the_gate_of_fp32(text_export, onnx_text_encoder):
+    """Quantised on a few real texts, the int8 MiniLM keeps its vectors and its similar pairs on other real texts."""
+    calibration, held_out = texts()
+    calibration = calibration[:16] + calibration[CALIBRATION_TEXTS : CALIBRATION_TEXTS + 16]
+    batches = [inputs for _, inputs in onnx_text_encoder.forward_inputs(token_ids(onnx_text_encoder, calibration))]
+    plan = quantize_model(text_export / ONNX_FILE, text_export / INT8_ONNX_FILE, batches)
+    assert plan["quantised_nodes"] == 24 and plan["fp32_channels"] > 0  # the layers' massive activations, apart
+
+    held_out = held_out[::8]
+    int8 = TextEncoder.load(text_export, Runtime("onnx", "cpu", int8=True))
+    quality = measure_quality(onnx_text_encoder.encode(held_out), int8.encode(held_out))
+    assert quality.inputs == len(held_out) and quality.passed, quality
+    assert quality.mean_cosine < 0.9999  # int8 indeed: not the fp32 file again
+
+
+def test_the_gate_fails_on_each_figure_below_its_limit():
+    rng = np.random.default_rng(0)
+    reference = l2_normalize(rng.normal(size=(50, 16)).astype(np.float32))
+    assert measure_quality(reference, reference).failures == []
+    noisy = measure_quality(reference, l2_normalize(reference + rng.normal(scale=0.3, size=reference.shape)))
+    assert [failure.split(" 0.")[0] for failure in noisy.failures] == ["mean cosine to fp32", "least cosine to fp32"]
+    close = np.repeat(reference[:1], 50, axis=0)  # every pair similar in fp32, none in the candidate
+    assert "agreement on the pairs above 0.9 0.0000 < 0.97" in measure_quality(close, reference).failures
+    assert not measure_quality(reference, np.full_like(reference, np.nan)).passed
+
+
+def token_ids(encoder: TextEncoder, texts: list[str]) -> list[list[int]]:
+    return [text.ids for text in encoder.tokenizer.tokenize(texts)]
 
 
 def test_a_model_without_pytorch_weights_runs_on_onnx_without_asking_torch(monkeypatch):
