@@ -236,7 +236,7 @@ def test_int8_text_export_within_the_gate_of_fp32(text_export, onnx_text_encoder
     plan = quantize_model(text_export / ONNX_FILE, text_export / INT8_ONNX_FILE, batches)
     assert plan["quantised_nodes"] == 24 and plan["fp32_channels"] > 0  # the layers' massive activations, apart
 
-    held_out = held_out[::8]
+    held_out = held_out[::30]
     int8 = TextEncoder.load(text_export, Runtime("onnx", "cpu", int8=True))
     quality = measure_quality(onnx_text_encoder.encode(held_out), int8.encode(held_out))
     assert quality.inputs == len(held_out) and quality.passed, quality
