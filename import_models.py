@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "--int8",
         action="store_true",
         help="also export the text model and CLIP's image tower in int8 for QUANTIZE=int8, and record how close their "
-        "vectors are to fp32 on real inputs (about a minute more on 2 cores)",
+        "vectors are to fp32 on real inputs (about two minutes more on 2 cores)",
     )
     args = parser.parse_args(argv)
     settings = get_settings()

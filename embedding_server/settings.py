@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="int8: the text model and CLIP's image tower run their int8 exports (import_models.py --int8) on "
-        "ONNX Runtime on the CPU, about 1.8 times as fast on file-length texts; a model whose export is missing or "
-        "failed the quality gate at import is not served (README, int8). CLIP's text tower stays fp32.",
+        "ONNX Runtime on the CPU, about 1.7 times as fast as fp32 on file-length texts; a model whose export is "
+        "missing or failed the quality gate at import is not served (README, int8). CLIP's text tower stays fp32.",
     )
     model_threads: int = Field(
         0, ge=0, description="CPU threads of each model process; 0 uses every core the process may run on."
