@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import yaml
 from conftest import copy_store, data_url, image_bytes, run_import, start_server, stop_server
 from PIL import Image
+from pydantic import ValidationError
 
+from embedding_server.settings import Settings
 from models.calibration import photos
 from models.image import ImageEncoder
 from models.onnx_backend import INT8_ONNX_FILE
@@ -66,3 +69,10 @@ def test_int8_is_served_only_where_its_gate_passed(model_store, clip_dir, tmp_pa
         assert server.post("/embed/image-text", json={"texts": ["a cat"]}).status_code == 200  # fp32 text tower
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize("setting", [{"backend": "torch"}, {"backend": "openvino"}, {"device": "cuda"}])
+def test_int8_elsewhere_than_onnx_runtime_on_the_cpu_stops_the_start(setting):
+    with pytest.raises(ValidationError, match="QUANTIZE=int8 runs on ONNX Runtime on the CPU only"):
+        Settings(quantize="int8", **setting)
+    assert Settings(quantize="none", **setting).quantize == "none"
