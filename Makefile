@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 export HF_HUB_ETAG_TIMEOUT ?= 10
 export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
-.PHONY: install system-packages serve test bench soak lint build container replicas-demo clean
+.PHONY: install system-packages serve test bench bench-duplicates soak lint build container replicas-demo clean
 
 $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt requirements-client.txt
 	python3 -m venv $(VENV)
@@ -32,6 +32,12 @@ test: install system-packages
 # Raw encoders against the real server under load, in one run: bench/results/<cpu|gpu>.{md,json,png}.
 bench: install
 	$(PY) -m bench.run
+
+# python -m client duplicates on 10k, 100k and 1M synthetic vectors (512-d and 384-d), exact and indexed, its time
+# and peak memory, and the index's recall: bench/results/duplicates.{md,json}. About 15 minutes, a third of it making
+# the vectors files the first time (kept in .bench/duplicates/).
+bench-duplicates: install
+	$(PY) -m bench.duplicates
 
 # 5 minutes of steady mixed load (valid and invalid requests) on the real server: no unexpected answer, RSS growth
 # under 10 % after the warm-up, no fd leaked, no worker restarted; .bench/soak/soak.{json,png}. Exit 1 on a failure.

@@ -14,7 +14,8 @@ Two ways to find the pairs, with the same result up to the index's misses:
   times longer). The similarities are the float32 dot products of the vectors themselves, as in the exact method (no
   compressed codes): every reported pair is checked exactly, and none is below the threshold.
 
-Below EXACT_UP_TO vectors the exact method is faster (the k-means costs more than it saves) and is used.
+Up to EXACT_UP_TO vectors the exact method is as fast or faster (the k-means costs more than it saves; measured by
+bench/duplicates.py's crossover rows) and `auto` uses it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 Method = Literal["auto", "exact", "indexed"]
 
 BLOCK = 2048
-EXACT_UP_TO = 20_000
+EXACT_UP_TO = 5_000
 LISTS_PER_ROOT = 1.0
 PROBES = 4
 # faiss's k-means trains on at most this many vectors per centroid (its own default is 256): a sample is enough to
