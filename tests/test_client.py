@@ -441,8 +441,8 @@ def test_duplicates_report_renders_in_a_browser_and_its_csv_adds_up(embedded_fol
     # The thumbnails are on the screen: the shapes image's background colour covers much of them.
     colours = shapes(1).getcolors(maxcolors=1 << 16)
     background = np.array(max(colours)[1])
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
-    assert (np.abs(pixels - background).max(axis=2) <= 12).sum() > 5 * 100 * 60
+    screen = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert (np.abs(screen - background).max(axis=2) <= 12).sum() > 5 * 100 * 60
 
 
 def test_search_by_text_ranks_images_through_clip_and_texts_through_the_text_model(server, embedded_folder):
