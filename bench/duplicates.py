@@ -409,8 +409,9 @@ def recall_rows(results: dict) -> list[dict]:
 def write(results: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(results))
-    print(f"wrote {out / name}.json and .md")
+    report = markdown(results)
+    (out / f"{name}.md").write_text(report)
+    print(f"\n{report}\nwrote {out / name}.json and .md")
 
 
 def previous(out: Path, name: str) -> dict:
