@@ -6,7 +6,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 export HF_HUB_ETAG_TIMEOUT ?= 10
 export HF_HUB_DOWNLOAD_TIMEOUT ?= 10
 
-.PHONY: install system-packages serve test bench bench-peers soak lint build container replicas-demo clean
+.PHONY: install system-packages serve test bench bench-peers bench-duplicates soak lint build container replicas-demo clean
 
 $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt requirements-client.txt
 	python3 -m venv $(VENV)
@@ -44,6 +44,13 @@ $(PEER_VENV)/.installed: bench/requirements-peers.txt
 # Our server and infinity-emb, one after the other, on the same rows: bench/results/peers.{md,json}.
 bench-peers: install $(PEER_VENV)/.installed
 	$(PY) -m bench.peers
+
+# python -m client duplicates on 10k, 100k and 1M synthetic vectors (512-d and 384-d), exact and indexed, its time
+# and peak memory, and the index's recall (on a 50,000 sample, and on the million by 4,000 sampled rows):
+# bench/results/duplicates.{md,json}. About 11 minutes once the vectors files exist (written the first time, kept in
+# .bench/duplicates/); `python -m bench.duplicates --dimensions 512` runs one dimension's half.
+bench-duplicates: install
+	$(PY) -m bench.duplicates
 
 # 5 minutes of steady mixed load (valid and invalid requests) on the real server: no unexpected answer, RSS growth
 # under 10 % after the warm-up, no fd leaked, no worker restarted; .bench/soak/soak.{json,png}. Exit 1 on a failure.

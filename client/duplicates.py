@@ -2,23 +2,22 @@
 
 Exact groups are files with the same sha256. Near groups are files of one type (texts with texts, images with images:
 the two models' vectors live in different spaces) whose cosine similarity is at least the threshold, joined
-transitively: A~B and B~C make one group of A, B and C even when A and C are further apart. One file of each exact
-group takes part in the comparison, so that an exact group joins a near group whole. Similarities are computed a tile
-of BLOCK×BLOCK pairs at a time, so that memory stays bounded however many files there are.
+transitively: A~B and B~C make one group of A, B and C even when A and C are further apart. The copies of a file join
+its near group with it, so that an exact group joins a near group whole. The pairs come from
+client/index.py: compared exactly for small sets, through an inverted-file index for large ones.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 
+from client.index import Method, Pairs, components, normalized, similar_pairs
 from client.store import Modality
-
-BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -31,68 +30,44 @@ class Group:
     paths: list[str]
 
 
-class UnionFind:
-    """Disjoint sets of 0..n-1, with the lowest similarity of the pairs that were joined in each."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.weakest = [float("inf")] * n
-
-    def find(self, item: int) -> int:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:  # path compression: later finds are a step or two
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def join(self, a: int, b: int, similarity: float) -> None:
-        root_a, root_b = self.find(a), self.find(b)
-        self.parent[root_b] = root_a
-        self.weakest[root_a] = min(self.weakest[root_a], self.weakest[root_b], similarity)
-
-    def sets(self) -> list[list[int]]:
-        """The sets of more than one item, each sorted."""
-        members: dict[int, list[int]] = defaultdict(list)
-        for item in range(len(self.parent)):
-            members[self.find(item)].append(item)
-        return [items for items in members.values() if len(items) > 1]
-
-
-def similar_pairs(vectors: np.ndarray, threshold: float, block: int = BLOCK) -> Iterator[tuple[int, int, float]]:
-    """Every pair i < j of rows of `vectors` (unit length) whose dot product is at least `threshold`."""
-    n = len(vectors)
-    for top in range(0, n, block):
-        rows = vectors[top : top + block]
-        for left in range(top, n, block):  # the tiles on and right of the diagonal: each pair once
-            similarities = rows @ vectors[left : left + block].T
-            for i, j in zip(*np.nonzero(similarities >= threshold), strict=True):
-                if top + i < left + j:
-                    yield int(top + i), int(left + j), float(similarities[i, j])
-
-
-def find_groups(modalities: dict[str, Modality], threshold: float, block: int = BLOCK) -> list[Group]:
-    """The exact groups, then the near groups, each list by type and first path."""
+def find_groups(modalities: dict[str, Modality], threshold: float, method: Method = "auto") -> list[Group]:
+    """The exact groups, then the near groups, each list by type and first path. Normalises the vectors in place."""
     exact, near = [], []
     for kind, modality in sorted(modalities.items()):
-        by_hash: dict[str, list[str]] = defaultdict(list)
-        first_row: dict[str, int] = {}
-        for row, (path, digest) in enumerate(zip(modality.paths, modality.sha256, strict=True)):
-            by_hash[digest].append(path)
-            first_row.setdefault(digest, row)
-        exact += [Group("exact", kind, 1.0, sorted(paths)) for paths in by_hash.values() if len(paths) > 1]
-        digests = list(first_row)
-        vectors = modality.vectors[list(first_row.values())]
+        # Each distinct digest a number, in order of first appearance.
+        digest_of_row = pa.array(modality.sha256, pa.string()).dictionary_encode().indices.to_numpy()
+        first_row = np.unique(digest_of_row, return_index=True)[1][digest_of_row]
+        paths = np.array(modality.paths, dtype=object)
+        copied = np.flatnonzero(np.bincount(digest_of_row)[digest_of_row] > 1)
+        exact += [Group("exact", kind, 1.0, sorted(paths[rows])) for rows in grouped(copied, digest_of_row[copied])]
         # The server's vectors are unit length already; normalising again makes the dot product the cosine for any
         # file of this schema.
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        sets = UnionFind(len(digests))
-        for i, j, similarity in similar_pairs(vectors, threshold, block):
-            sets.join(i, j, similarity)
-        for members in sets.sets():
-            paths = sorted(path for member in members for path in by_hash[digests[member]])
-            near.append(Group("near", kind, round(sets.weakest[sets.find(members[0])], 6), paths))
+        vectors = normalized(modality.vectors)
+        pairs = similar_pairs(vectors, threshold, method)
+        labels, weakest = components(len(vectors), with_copies_joined(pairs, digest_of_row, first_row))
+        near_rows = np.flatnonzero(weakest[labels] < np.inf)
+        for rows in grouped(near_rows, labels[near_rows]):
+            near.append(Group("near", kind, round(float(weakest[labels[rows[0]]]), 6), sorted(paths[rows])))
     return sorted(exact, key=order) + sorted(near, key=order)
+
+
+def with_copies_joined(chunks: Iterable[Pairs], digest_of_row: np.ndarray, first_row: np.ndarray) -> Iterator[Pairs]:
+    """The pairs of different files, and each copy joined to the first file with its bytes at similarity inf: an
+    exact group joins a near group whole, its own pairs do not count as near ones, and a component whose weakest
+    pair is inf holds nothing but copies."""
+    copies = np.flatnonzero(first_row != np.arange(len(first_row)))
+    yield Pairs(first_row[copies], copies, np.full(len(copies), np.inf, dtype=np.float32))
+    for pairs in chunks:
+        different = digest_of_row[pairs.i] != digest_of_row[pairs.j]
+        yield Pairs(pairs.i[different], pairs.j[different], pairs.similarity[different])
+
+
+def grouped(rows: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
+    """`rows` split by their `keys`, one array per distinct key."""
+    if len(rows) == 0:
+        return []
+    by_key = np.argsort(keys, kind="stable")
+    return np.split(rows[by_key], np.flatnonzero(np.diff(keys[by_key])) + 1)
 
 
 def order(group: Group) -> tuple[str, str]:

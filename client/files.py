@@ -35,6 +35,9 @@ TEXT_EXTENSIONS = frozenset(
     }
 )  # fmt: skip
 SNIFF_BYTES = 12
+# The server's default MAX_TEXT_CHARS is 100000 characters: a file of at most as many bytes is never over it. The text
+# model reads only its first 256 tokens anyway.
+DEFAULT_MAX_TEXT_BYTES = 100_000
 
 
 def image_signature(head: bytes) -> bool:

@@ -53,6 +53,8 @@ def peer_results(servers: list[tuple[str, float, float, float]]) -> dict:
         "servers": [
             {
                 "name": name,
+                "ours": name.startswith("ours"),
+                "env": {},
                 "error": None,
                 "rows": [
                     row("short texts 1 × 1", 1000 / p50, p50),
@@ -65,15 +67,21 @@ def peer_results(servers: list[tuple[str, float, float, float]]) -> dict:
     }
 
 
-def test_peer_report_compares_ours_with_the_best_peer_setup_of_each_row(tmp_path):
+def test_peer_report_compares_our_best_setup_with_the_best_peer_setup_of_each_row(tmp_path):
     from bench.peers import report
 
     results = peer_results(
-        [("ours", 450.0, 30.0, 8.0), ("infinity a", 300.0, 12.0, 20.0), ("infinity b", 200.0, 24.0, 15.0)]
+        [
+            ("ours", 450.0, 20.0, 8.0),
+            ("ours b", 400.0, 30.0, 9.0),
+            ("infinity a", 300.0, 12.0, 20.0),
+            ("infinity b", 200.0, 24.0, 15.0),
+        ]
     )
     report(results, tmp_path)
 
     targets = {t["name"].split(":")[0]: t for t in results["targets"]}
+    assert [targets[row]["ours_setup"] for row in targets] == ["ours", "ours b", "ours"]
     assert (targets["short texts 32 × 8"]["peer_setup"], targets["short texts 32 × 8"]["value"]) == ("infinity a", 1.5)
     assert targets["short texts 32 × 8"]["status"] == "PASS"
     assert (targets["file texts 32 × 8"]["peer_setup"], targets["file texts 32 × 8"]["value"]) == ("infinity b", 1.25)

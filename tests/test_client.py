@@ -5,10 +5,13 @@ real server."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,10 +28,9 @@ import requests
 from conftest import ROOT, data_url
 from PIL import Image, ImageDraw
 
-from client.duplicates import find_groups, similar_pairs
 from client.embed import EmbedOptions, embed_folder
 from client.files import Kind, walk
-from client.store import Modality, Row, Store, read_modalities
+from client.store import Row, Store, read_modalities
 from client.upload import BatchClient, RequestFailed, RetryPolicy, parse_retry_after, send_with_retries
 
 MINUTES = (
@@ -228,68 +230,6 @@ def test_retry_after_as_a_date():
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def brute_force_groups(vectors: np.ndarray, threshold: float) -> dict[frozenset[int], float]:
-    """Connected components of the graph of pairs at or over the threshold, with their weakest pair."""
-    similarities = vectors @ vectors.T
-    adjacent = (similarities >= threshold) & ~np.eye(len(vectors), dtype=bool)
-    seen, groups = set(), {}
-    for start in range(len(vectors)):
-        if start in seen or not adjacent[start].any():
-            continue
-        component, frontier = {start}, [start]
-        while frontier:
-            for neighbour in np.nonzero(adjacent[frontier.pop()])[0]:
-                if int(neighbour) not in component:
-                    component.add(int(neighbour))
-                    frontier.append(int(neighbour))
-        seen |= component
-        members = sorted(component)
-        block = similarities[np.ix_(members, members)]
-        groups[frozenset(members)] = float(block[np.triu(adjacent[np.ix_(members, members)], 1)].min())
-    return groups
-
-
-def test_grouping_in_tiles_equals_brute_force():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(10, 16))
-    clusters = [
-        center + rng.normal(scale=0.08, size=(size, 16)) for center, size in zip(centers, range(2, 12), strict=True)
-    ]
-    vectors = np.concatenate([rng.normal(size=(135, 16)), *clusters])  # 200 vectors, ten clusters of 2 to 11
-    vectors = vectors[rng.permutation(len(vectors))]  # the clusters spread over the tiles
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    expected = brute_force_groups(vectors, 0.95)
-    assert len(expected) >= 10
-    for block in (7, 64, 1024):
-        pairs = list(similar_pairs(vectors, 0.95, block))
-        assert all(i < j for i, j, _ in pairs) and len(set((i, j) for i, j, _ in pairs)) == len(pairs)
-        modality = Modality([f"f{i:03d}" for i in range(200)], [f"h{i}" for i in range(200)], vectors)
-        groups = find_groups({"image": modality}, 0.95, block)
-        found = {frozenset(int(path[1:]) for path in group.paths): group.similarity for group in groups}
-        assert found.keys() == expected.keys()
-        for members, weakest in expected.items():
-            assert found[members] == pytest.approx(weakest, abs=1e-5)
-
-
-def test_exact_groups_join_near_groups_whole_within_a_modality():
-    base = np.array([1.0, 0.0, 0.0])
-    near = np.array([0.99, 0.141, 0.0])  # cosine 0.99 with base
-    other = np.array([0.0, 1.0, 0.0])
-    modalities = {
-        "image": Modality(
-            ["a.png", "a-copy.png", "a-small.jpg", "b.png"],
-            ["x", "x", "y", "z"],
-            np.array([base, base, near, other], dtype=np.float32),
-        ),
-        "text": Modality(["a.txt"], ["t"], np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)),
-    }
-    groups = [(g.kind, g.modality, g.paths) for g in find_groups(modalities, 0.95)]
-    assert groups == [
-        ("exact", "image", ["a-copy.png", "a.png"]),
-        ("near", "image", ["a-copy.png", "a-small.jpg", "a.png"]),
-    ]
-
-
 def test_store_keeps_the_output_intact_until_the_end_and_resumes_from_parts(tmp_path):
     out = tmp_path / "vectors.parquet"
     vector = np.arange(4, dtype=np.float32)
@@ -411,6 +351,11 @@ def test_duplicates_groups_copies_resized_copies_and_near_identical_texts(embedd
     result = run_client("duplicates", str(out), "--threshold", str(HIGH), "--json")
     assert result.returncode == 0, result.stderr
     groups = [(g["kind"], g["modality"], g["paths"]) for g in json.loads(result.stdout)]
+    indexed = run_client("duplicates", str(out), "--threshold", str(HIGH), "--json", "--method", "indexed")
+    # The same groups; the similarities from matrix products of other shapes, equal to float32 rounding.
+    assert [(g["kind"], g["modality"], g["paths"]) for g in json.loads(indexed.stdout)] == groups
+    similarities = [g["similarity"] for g in json.loads(result.stdout)]
+    assert [g["similarity"] for g in json.loads(indexed.stdout)] == pytest.approx(similarities, abs=1e-5)
     assert groups == [
         ("exact", "image", ["images/shapes-copy.png", "images/shapes.png"]),
         ("exact", "text", ["texts/minutes-copy.md", "texts/minutes.md"]),
@@ -425,6 +370,120 @@ def test_duplicates_groups_copies_resized_copies_and_near_identical_texts(embedd
     assert readable.stdout.rstrip().endswith(
         f"4 groups (2 exact, 2 near) among {len(expected)} files, threshold {HIGH}"
     )
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's package) with a fresh profile and none of its background connections, which this
+    machine's closed network refuses."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is needed to check the report: deploy/system-packages.sh installs it")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
+    result = subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def pixels(row: dict) -> int:
+    return int(np.prod([int(side) for side in row["pixels"].split("x")])) if row["pixels"] else 0
+
+
+def test_duplicates_report_renders_in_a_browser_and_its_csv_adds_up(embedded_folder, tmp_path):
+    folder, _, out, _ = embedded_folder
+    page, table, shot = tmp_path / "report.html", tmp_path / "report.csv", tmp_path / "report.png"
+    result = run_client(
+        "duplicates",
+        str(out),
+        "--threshold",
+        str(HIGH),
+        "--html",
+        str(page),
+        "--csv",
+        str(table),
+        "--root",
+        str(folder),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr and result.stdout.rstrip().endswith(f"threshold {HIGH}")
+
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    assert list(groups) == ["1", "2", "3", "4"]
+    kinds = [members[0]["kind"] for members in groups.values()]
+    assert kinds == ["exact", "exact", "near", "near"]  # exact groups first
+    freed: dict[str, int] = {}
+    for members in groups.values():
+        for row in members:
+            info = (folder / row["path"]).stat()
+            assert int(row["size"]) == info.st_size and row["modified"].startswith(time.strftime("%Y-", time.gmtime()))
+            if row["type"] == "image":
+                with Image.open(folder / row["path"]) as image:
+                    assert row["pixels"] == f"{image.width}x{image.height}"
+        # --keep largest: the most pixels, then bytes, then the shorter path; the other files are to delete.
+        largest = min(members, key=lambda row: (-pixels(row), -int(row["size"]), len(row["path"]), row["path"]))
+        assert [row["suggestion"] for row in members] == ["keep"] + ["delete"] * (len(members) - 1)
+        assert members[0] is largest and float(members[0]["similarity"]) == 1.0
+        freed |= {row["path"]: int(row["size"]) for row in members[1:]}
+    image_cards = sum(row["type"] == "image" for row in rows)
+
+    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
+    totals = dict(re.findall(r'<dd id="([a-z-]+)"[^>]*>([^<]+)</dd>', dom))
+    assert (totals["groups"], totals["exact-groups"], totals["near-groups"]) == ("4", "2", "2")
+    assert totals["files"] == str(len({row["path"] for row in rows}))
+    assert totals["deletable"] == str(len(freed)) and f'data-bytes="{sum(freed.values())}"' in dom
+    assert dom.count("<section ") == 4 and dom.count('<img src="data:image/jpeg;base64,') == image_cards == 5
+    assert "http://" not in dom and "https://" not in dom  # nothing to fetch: the page stands alone
+
+    chromium(f"--screenshot={shot}", "--window-size=1280,1400", page.as_uri(), profile=tmp_path / "profile")
+    # The thumbnails are on the screen: the shapes image's background colour covers much of them.
+    colours = shapes(1).getcolors(maxcolors=1 << 16)
+    background = np.array(max(colours)[1])
+    screen = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert (np.abs(screen - background).max(axis=2) <= 12).sum() > 5 * 100 * 60
+
+
+def test_search_by_text_ranks_images_through_clip_and_texts_through_the_text_model(server, embedded_folder):
+    _, _, out, _ = embedded_folder
+    query = "the town committee discussed the budget of the library"
+    result = run_client("search", str(out), query, "--server", server.url, "--top", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    matches = json.loads(result.stdout)["matches"]
+    texts = [match["path"] for match in matches["text"]]
+    assert set(texts) <= {"texts/summary.txt"} | {path for path in TEXTS if path.startswith("texts/minutes")}
+    # The tests' CLIP is random: its ranking means nothing, but it must be the one of its text tower's vector.
+    query_vector = np.array(server.post("/embed/image-text", json={"texts": [query]}).json()["embeddings"][0])
+    images = {path: np.array(row["vector"]) for path, row in read_rows(out).items() if row["type"] == "image"}
+    similarities = {path: float(vector @ query_vector) for path, vector in images.items()}
+    best = sorted(similarities, key=lambda path: -similarities[path])[:3]
+    assert [match["path"] for match in matches["image"]] == best
+    assert [match["similarity"] for match in matches["image"]] == pytest.approx(
+        [similarities[p] for p in best], abs=1e-4
+    )
+    readable = run_client("search", str(out), query, "--server", server.url, "--top", "2").stdout
+    assert readable.startswith(f"images nearest {query!r}:\n  ") and f"texts nearest {query!r}:" in readable
+
+
+def test_search_like_a_stored_file_or_a_new_one(server, embedded_folder, tmp_path):
+    _, _, out, _ = embedded_folder
+    result = run_client("search", str(out), "--like", "images/shapes.png", "--top", "3", "--json")  # no server
+    assert result.returncode == 0, result.stderr
+    matches = json.loads(result.stdout)["matches"]
+    assert list(matches) == ["image"]
+    assert [match["path"] for match in matches["image"][:2]] == ["images/shapes-copy.png", "images/shapes-small.jpg"]
+    assert matches["image"][0]["similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert "images/shapes.png" not in [match["path"] for match in matches["image"]]  # the file itself is left out
+
+    new = tmp_path / "minutes-again.txt"
+    new.write_text(MINUTES.replace("budget", "yearly budget"))
+    result = run_client("search", str(out), "--like", str(new), "--server", server.url, "--top", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    texts = [match["path"] for match in json.loads(result.stdout)["matches"]["text"]]
+    assert sorted(texts) == sorted(path for path in TEXTS if path.startswith("texts/minutes"))
+    refused = run_client("search", str(out), "--like", str(new))
+    assert refused.returncode == 1 and "--server is needed to embed it" in refused.stderr
 
 
 def test_unreadable_files_are_reported_not_fatal(server, tmp_path, monkeypatch):
