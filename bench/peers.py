@@ -114,8 +114,12 @@ class OurSetup:
     env: dict[str, str]
 
 
-# Our CPU engines: the default (ONNX Runtime fp32, the reference of the vectors' cosines) first, then the opt-in ones.
-OUR_SETUPS = [OurSetup("ours", {}), OurSetup("ours openvino bf16", {"BACKEND": "openvino"})]
+# Our CPU setups: the default (ONNX Runtime fp32, the reference of the vectors' cosines) first, then the opt-in ones.
+OUR_SETUPS = [
+    OurSetup("ours", {}),
+    OurSetup("ours int8", {"QUANTIZE": "int8"}),
+    OurSetup("ours openvino bf16", {"BACKEND": "openvino"}),
+]
 
 
 def peer_env(work: Path, folder: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The production images, built from the models in the BentoML store (`make container`), and run where no container
 runtime can start one.
 
-    python -m deploy.image build [--flavour cpu|gpu]     # embedding-server:cpu (or :gpu) and :<bento version>
+    python -m deploy.image build [--flavour cpu|gpu] [--int8]   # embedding-server:cpu (or :gpu) and :<bento version>
     python -m deploy.image run [--port 3000] [-e NAME=VALUE ...]
 
 build:
@@ -126,8 +126,9 @@ def host_ca_bundle() -> str:
     return configured or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
 
 
-def store_onnx_only(main_home: Path, into: Path) -> None:
-    """The CPU image's store: each model of the main store imported again with --onnx-only."""
+def store_onnx_only(main_home: Path, into: Path, int8: bool = False) -> None:
+    """The CPU image's store: each model of the main store imported again with --onnx-only (and --int8, for an image
+    that may run QUANTIZE=int8)."""
     from embedding_server.model_store import store_name
     from embedding_server.settings import get_settings
 
@@ -141,7 +142,8 @@ def store_onnx_only(main_home: Path, into: Path) -> None:
     ):
         if model_id:
             sources += [option, stored_model_path(main_home, store_name(model_id))]
-    run([sys.executable, "import_models.py", "--onnx-only", *sources], env={"BENTOML_HOME": str(into)})
+    options = ["--onnx-only", *(["--int8"] if int8 else [])]
+    run([sys.executable, "import_models.py", *options, *sources], env={"BENTOML_HOME": str(into)})
 
 
 def store_path(home: Path, expression: str) -> Path:
@@ -166,11 +168,11 @@ def stored_model_path(home: Path, name: str) -> str:
         raise BuildFailed(f"{name} is not in the store {home}: run python import_models.py") from exc
 
 
-def build(flavour: str, main_home: Path, image: str = IMAGE, cpu_home: Path = CPU_STORE) -> Built:
+def build(flavour: str, main_home: Path, image: str = IMAGE, cpu_home: Path = CPU_STORE, int8: bool = False) -> Built:
     started = time.monotonic()
     home = main_home
     if flavour == "cpu":
-        store_onnx_only(main_home, cpu_home)
+        store_onnx_only(main_home, cpu_home, int8)
         home = cpu_home
     env = {"BENTOML_HOME": str(home)}
     build_command = [bin_path("bentoml"), "build", "-f", str(BENTOFILES[flavour]), "--output", "tag", "."]
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build_command = commands.add_parser("build", help="build the image from the models in the store")
     build_command.add_argument("--flavour", choices=sorted(BENTOFILES), default="cpu")
+    build_command.add_argument(
+        "--int8", action="store_true", help="the CPU image's store with the int8 exports too (QUANTIZE=int8; ~2 min)"
+    )
     build_command.add_argument("--image", default=IMAGE, help="the image's name (default %(default)s)")
     run_parser = commands.add_parser("run", help="run the image with buildah's chroot isolation")
     run_parser.add_argument("--image", default=f"localhost/{IMAGE}:cpu")
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     main_home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
     try:
-        built = build(args.flavour, main_home, args.image)
+        built = build(args.flavour, main_home, args.image, int8=args.int8)
     except BuildFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
