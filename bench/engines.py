@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 
 from bench.data import document_files, make_file_texts, make_image, make_screenshot, make_texts
+from bench.raw import measure
 from embedding_server.model_store import find_stored
 from embedding_server.settings import get_settings
 from models.onnx_backend import ONNX_FILE, onnx_forward
@@ -154,25 +155,6 @@ def quality_pixels(preprocessor: ImagePreprocessor) -> np.ndarray:
     images += [make_image(100 + seed, size=(1920, 1080)) for seed in range(8)]
     images += [make_screenshot(200 + seed) for seed in range(8)]
     return np.stack([preprocessor(image) for image in images])
-
-
-def measure(embed: Callable[[list], np.ndarray], inputs: list, batch_size: int, seconds: float) -> dict:
-    embed(inputs[:batch_size])  # warm-up: first-call allocations, kernel selection, shape compilation
-    latencies, items, cursor, start = [], 0, 0, time.perf_counter()
-    while len(latencies) < 3 or time.perf_counter() - start < seconds:
-        batch = [inputs[(cursor + i) % len(inputs)] for i in range(batch_size)]
-        cursor += batch_size
-        began = time.perf_counter()
-        embed(batch)
-        latencies.append(time.perf_counter() - began)
-        items += batch_size
-    elapsed = time.perf_counter() - start
-    return {
-        "batch_size": batch_size,
-        "items_per_s": round(items / elapsed, 2),
-        "latency_ms_p50": round(float(np.percentile(latencies, 50)) * 1000, 2),
-        "batches": len(latencies),
-    }
 
 
 def embed_token_ids(encoder, batch: list[list[int]]) -> np.ndarray:
