@@ -43,9 +43,10 @@ class BatchQueue(Generic[Inputs]):
     (the sum of `item_cost` over its items: a text's tokens), with at most `concurrency` batches running at a time
     and at most `max_queued` items waiting.
 
-    A request larger than a batch is queued in parts that fit one. Each batch starts with the oldest waiting part,
-    so that every request moves on, and is filled with the cheapest waiting parts: a short request overtakes the
-    parts of long ones and waits for at most the batches already running, however much long work is queued.
+    A request larger than half a batch is queued in parts of at most half a batch. Each batch starts with the oldest
+    waiting part, so that every request moves on, and is filled with the cheapest waiting parts: as the oldest part
+    leaves at least half of the batch free, a short request overtakes the parts of long ones and waits for at most
+    the batches already running, however much long work is queued.
     """
 
     def __init__(
@@ -97,13 +98,14 @@ class BatchQueue(Generic[Inputs]):
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def _split(self, inputs: Inputs) -> list[tuple[Inputs, int]]:
-        """`inputs` in consecutive parts that each fit a batch (an item over `max_batch_cost` alone), with their
-        costs."""
+        """`inputs` in consecutive parts of at most half a batch (an item over that alone), with their costs."""
+        max_part_size = max(1, self._max_batch_size // 2)
+        max_part_cost = None if self._max_batch_cost is None else max(1, self._max_batch_cost // 2)
         parts, start, cost = [], 0, 0
         for index, item in enumerate(inputs):
             item_cost = self._item_cost(item)
-            over_cost = self._max_batch_cost is not None and cost + item_cost > self._max_batch_cost
-            if index > start and (index - start == self._max_batch_size or over_cost):
+            over_cost = max_part_cost is not None and cost + item_cost > max_part_cost
+            if index > start and (index - start == max_part_size or over_cost):
                 parts.append((inputs[start:index], cost))
                 start, cost = index, 0
             cost += item_cost

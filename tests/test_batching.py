@@ -64,7 +64,8 @@ def test_batches_start_with_the_oldest_request_and_fill_up_with_the_smallest():
         await settle()
         forward.gate.set()
         results = await asyncio.gather(blocker, *requests)
-        # The 6 is queued in parts of 4 and 2; each batch takes the oldest part, then the smallest that fit.
+        # The 3 and the 6 are queued in parts of at most 2, half a batch; each batch takes the oldest part, then
+        # the smallest that fit.
         assert forward.batches == [[0], [300, 301, 302, 100], [200, 201, 200, 201], [600, 601, 602, 603], [604, 605]]
         assert [r[:, 0].tolist() for r in results[1:]] == [list(range(100 * n, 100 * n + n)) for n in sizes]
 
@@ -74,20 +75,21 @@ def test_batches_start_with_the_oldest_request_and_fill_up_with_the_smallest():
 def test_a_token_budget_bounds_each_batch_and_a_short_request_overtakes_long_ones():
     async def scenario():
         forward = GatedForward()
-        # Items are "texts" whose cost is their value's tens: 30 costs 3.
-        queue = BatchQueue(forward, max_batch_size=100, max_batch_cost=7, item_cost=lambda item: item // 10)
+        # Items are "texts" whose cost is their value's tens: 40 costs 4.
+        queue = BatchQueue(forward, max_batch_size=100, max_batch_cost=8, item_cost=lambda item: item // 10)
         blocker = asyncio.ensure_future(queue.submit([10]))
         await settle()
-        long_requests = [asyncio.ensure_future(queue.submit([30, 30, 30, 30])) for _ in range(3)]  # cost 12 each
+        long_requests = [asyncio.ensure_future(queue.submit([40, 40])) for _ in range(3)]  # each a whole batch's cost
         await settle()
         short = asyncio.ensure_future(queue.submit([10]))
         await settle()
         forward.gate.set()
         await asyncio.gather(blocker, short, *long_requests)
-        assert all(sum(item // 10 for item in batch) <= 7 for batch in forward.batches)
-        # The short request goes in the first batch after the blocker, beside the oldest part of a long one.
-        assert forward.batches[1] == [30, 30, 10]
-        assert len(forward.batches) == 1 + 6  # each long request in two parts of cost 6, no two of which fit one batch
+        assert all(sum(item // 10 for item in batch) <= 8 for batch in forward.batches)
+        # Each long request is queued in two parts of half the budget, so the oldest part leaves room: the short
+        # request goes in the first batch after the blocker.
+        assert forward.batches[1] == [40, 10]
+        assert forward.batches[2:] == [[40, 40], [40, 40], [40]]
 
     run(scenario())
 
