@@ -20,6 +20,7 @@ from embedding_server.observability import MODEL_BATCH_SIZE
 from embedding_server.served_model import ModelClient, ModelFailed, ModelNotLoaded, ModelUnavailable
 from embedding_server.settings import Settings
 from models.onnx_backend import INT8_ONNX_FILE, ONNX_FILE
+from models.quantize import Quality
 from models.runtime import Runtime
 
 logger = logging.getLogger("embedding_server")
@@ -91,13 +92,16 @@ def load_encoder(
 
 
 def refuse_unchecked_int8(stored: bentoml.Model) -> None:
-    """Raises ValueError unless the stored model's int8 export is there and passed the quality gate at import."""
+    """Raises ValueError unless the stored model's int8 export is there and its figures, measured at import, pass
+    today's quality gate (judged again here, so that a gate made stricter since applies to stores imported before)."""
     gate = stored.info.metadata.get("int8")
-    if gate is not None and not gate["passed"]:
-        raise ValueError(
-            f"QUANTIZE=int8: the int8 export of {stored.tag} failed its quality check at import "
-            f"({'; '.join(gate['failures'])}), so it is not served; set QUANTIZE=none"
-        )
+    if gate is not None:
+        failures = Quality.from_metadata(gate).failures if "mean_cosine" in gate else gate["failures"]
+        if failures:
+            raise ValueError(
+                f"QUANTIZE=int8: the int8 export of {stored.tag} failed its quality check "
+                f"({'; '.join(failures)}), so it is not served; set QUANTIZE=none"
+            )
     if gate is None or not (Path(stored.path) / INT8_ONNX_FILE).is_file():
         raise ValueError(
             f"QUANTIZE=int8: {stored.tag} has no int8 export; import it again with `python import_models.py --force "

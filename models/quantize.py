@@ -34,9 +34,11 @@ MIN_MEAN_COSINE = 0.99
 MIN_COSINE = 0.97
 MIN_PAIR_AGREEMENT = 0.97
 PAIR_THRESHOLD = 0.9
+MIN_SIMILAR_PAIRS = 50
 """The gate: over real inputs, the mean and the least cosine between an input's int8 and fp32 vectors, and the
 agreement on which pairs of inputs are similar: of the pairs that fp32 or int8 puts at a cosine of PAIR_THRESHOLD or
-more, the fraction that both put there."""
+more, the fraction that both put there. With fewer than MIN_SIMILAR_PAIRS such pairs the agreement says nothing, and
+the export fails."""
 
 QUANTISED_OPS = ("MatMul", "Attention")
 ALPHAS = (None, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -68,11 +70,20 @@ class Quality:
             ("least cosine to fp32", self.min_cosine, MIN_COSINE),
             (f"agreement on the pairs above {PAIR_THRESHOLD}", self.pair_agreement, MIN_PAIR_AGREEMENT),
         ]
-        return [f"{name} {value:.4f} < {limit}" for name, value, limit in gates if not value >= limit]  # NaN fails
+        failures = [f"{name} {value:.4f} < {limit}" for name, value, limit in gates if not value >= limit]  # NaN fails
+        if self.similar_pairs < MIN_SIMILAR_PAIRS:
+            pairs = f"{self.similar_pairs} pairs above {PAIR_THRESHOLD}"
+            failures.append(f"{pairs}, too few to judge (< {MIN_SIMILAR_PAIRS})")
+        return failures
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Quality:
+        """The figures that `as_metadata` stored."""
+        return cls(**{name: metadata[name] for name in cls.__dataclass_fields__})
 
     def as_metadata(self) -> dict:
         return {

@@ -19,7 +19,7 @@ from models.calibration import CALIBRATION_TEXTS, texts
 from models.image import ImageEncoder
 from models.onnx_backend import INT8_ONNX_FILE, ONNX_FILE, export_image_model, export_text_model
 from models.preprocess import ImagePreprocessor
-from models.quantize import measure_quality, quantize_model
+from models.quantize import Quality, measure_quality, quantize_model
 from models.runtime import Runtime
 from models.text import TextEncoder
 from models.vectors import l2_normalize
@@ -237,6 +237,7 @@ def test_int8_text_export_within_the_gate_of_fp32(text_export, onnx_text_encoder
     assert plan["quantised_nodes"] == 24 and plan["fp32_channels"] > 0  # the layers' massive activations, apart
 
     held_out = held_out[::30]
+    held_out += [text.split(" ", 1)[-1] for text in held_out]  # each without its first word: pairs to agree on
     int8 = TextEncoder.load(text_export, Runtime("onnx", "cpu", int8=True))
     quality = measure_quality(onnx_text_encoder.encode(held_out), int8.encode(held_out))
     assert quality.inputs == len(held_out) and quality.passed, quality
@@ -245,13 +246,19 @@ def test_int8_text_export_within_the_gate_of_fp32(text_export, onnx_text_encoder
 
 def test_the_gate_fails_on_each_figure_below_its_limit():
     rng = np.random.default_rng(0)
-    reference = l2_normalize(rng.normal(size=(50, 16)).astype(np.float32))
+    originals = rng.normal(size=(60, 16)).astype(np.float32)
+    # Each vector and a near copy: 60 similar pairs, and no other pair anywhere near 0.9 in 16 dimensions.
+    reference = l2_normalize(np.concatenate([originals, originals + rng.normal(scale=0.05, size=originals.shape)]))
     assert measure_quality(reference, reference).failures == []
     noisy = measure_quality(reference, l2_normalize(reference + rng.normal(scale=0.3, size=reference.shape)))
-    assert [failure.split(" 0.")[0] for failure in noisy.failures] == ["mean cosine to fp32", "least cosine to fp32"]
-    close = np.repeat(reference[:1], 50, axis=0)  # every pair similar in fp32, none in the candidate
-    assert "agreement on the pairs above 0.9 0.0000 < 0.97" in measure_quality(close, reference).failures
+    failed = [failure.split(" 0.")[0] for failure in noisy.failures]
+    assert failed[:2] == ["mean cosine to fp32", "least cosine to fp32"]
+    assert Quality.from_metadata(noisy.as_metadata()).failures == noisy.failures  # judged again when served
+    close = np.repeat(reference[:1], len(reference), axis=0)  # every pair similar in fp32, few in the candidate
+    assert "agreement on the pairs above 0.9 0.0" in " ".join(measure_quality(close, reference).failures)
     assert not measure_quality(reference, np.full_like(reference, np.nan)).passed
+    unrelated = reference[:60]  # no similar pair at all: the agreement cannot be judged
+    assert measure_quality(unrelated, unrelated).failures == ["0 pairs above 0.9, too few to judge (< 50)"]
 
 
 def token_ids(encoder: TextEncoder, texts: list[str]) -> list[list[int]]:
