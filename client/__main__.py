@@ -101,7 +101,7 @@ def duplicates(args: argparse.Namespace) -> int:
         files = sum(len(modality.paths) for modality in modalities.values())
         print(format_groups(groups, files, args.threshold))
     if args.html or args.csv:
-        planned = plan(groups, modalities, args.root, args.keep)
+        planned = plan(groups, modalities, args.root, args.keep, args.threshold)
         if args.csv:
             write_csv(args.csv, planned)
             print(f"wrote {args.csv}: {len(planned)} groups", file=sys.stderr)

@@ -6,9 +6,11 @@ deleting is the files as they are now. A file gone since it was embedded is show
 never the one kept.
 
 In each group the report suggests keeping one file, by the rule the user picks (KEEP_RULES), and deleting the
-others; the totals count each file once, also when it is in an exact group and in a near group. Groups come in this
-order: exact groups first, then near ones, each by the space they would free, largest first. The page shows at most
-`max_groups` of them (a page of a hundred thousand thumbnails would not open); the CSV lists them all.
+others, but for a file of a near group under the threshold from the kept one (joined to the group through others),
+which it marks for review; the totals count each file once, also when it is in an exact group and in a near group.
+Groups come in this order: exact groups first, then near ones, each by the space they would free, largest first. The
+page shows at most `max_groups` of them (a page of a hundred thousand thumbnails would not open); the CSV lists them
+all.
 """
 
 from __future__ import annotations
@@ -70,13 +72,11 @@ class ReportGroup:
     """The group's files, the one to keep first; missing files last."""
     similarities: list[float]
     """Each file's cosine similarity with the kept one."""
+    suggestions: list[str]
+    """Each file's: keep, delete, review (in a near group, under the threshold from the kept file: joined through
+    others, so not a duplicate of it), or missing."""
     frees: int
-    """Bytes that deleting all but the kept file frees."""
-
-    @property
-    def keeps_one(self) -> bool:
-        """False when every file of the group is missing."""
-        return self.files[0].size is not None
+    """Bytes that deleting the files suggested for deletion frees."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,11 @@ class Totals:
     missing: int
 
 
-def plan(groups: list[Group], modalities: dict[str, Modality], root: Path, keep: str) -> list[ReportGroup]:
-    """Each group with its files' sizes and times, the file to keep and the others' similarity with it, numbered in
-    the report's order."""
+def plan(
+    groups: list[Group], modalities: dict[str, Modality], root: Path, keep: str, threshold: float
+) -> list[ReportGroup]:
+    """Each group with its files' sizes and times, the file to keep, the others' similarity with it and what to do
+    with each, numbered in the report's order."""
     wanted = {(group.modality, path) for group in groups for path in group.paths}
     rows = {
         kind: {path: row for row, path in enumerate(modality.paths) if (kind, path) in wanted}
@@ -113,9 +115,10 @@ def plan(groups: list[Group], modalities: dict[str, Modality], root: Path, keep:
         else:
             chosen = modalities[group.modality].vectors[[rows[group.modality][file.path] for file in files]]
             similarities = [round(float(value), 4) for value in chosen @ chosen[0]]
-        frees = sum(file.size or 0 for file in files[1:]) if files[0].size is not None else 0
-        planned.append((group, files, similarities, frees))
-    planned.sort(key=lambda item: (item[0].kind != "exact", -item[3], item[0].modality, item[0].paths))
+        suggestions = [suggestion(files, place, similarities[place], threshold) for place in range(len(files))]
+        frees = sum(file.size for file, what in zip(files, suggestions, strict=True) if what == "delete")
+        planned.append((group, files, similarities, suggestions, frees))
+    planned.sort(key=lambda item: (item[0].kind != "exact", -item[4], item[0].modality, item[0].paths))
     return [ReportGroup(number, *item) for number, item in enumerate(planned, 1)]
 
 
@@ -129,7 +132,7 @@ def stat(root: Path, path: str, modality: str) -> File:
         try:
             with Image.open(root / path) as image:  # reads the header only
                 dimensions = image.size
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except Exception:  # best effort: Pillow's plugins raise many kinds of error on a broken file
             pass
     return File(path, info.st_size, info.st_mtime, dimensions)
 
@@ -139,8 +142,7 @@ def totals(planned: list[ReportGroup]) -> Totals:
     deletable: set[str] = set()
     for item in planned:
         files.update((file.path, file) for file in item.files)
-        if item.keeps_one:
-            deletable.update(file.path for file in item.files[1:] if file.size is not None)
+        deletable.update(file.path for file, what in zip(item.files, item.suggestions, strict=True) if what == "delete")
     exact = sum(item.group.kind == "exact" for item in planned)
     return Totals(
         groups=len(planned),
@@ -153,10 +155,13 @@ def totals(planned: list[ReportGroup]) -> Totals:
     )
 
 
-def suggestion(item: ReportGroup, place: int) -> str:
-    if item.files[place].size is None:
+def suggestion(files: list[File], place: int, similarity: float, threshold: float) -> str:
+    """What to do with `files[place]`, `files[0]` being the one to keep."""
+    if files[place].size is None:
         return "missing"
-    return "keep" if place == 0 else "delete"
+    if place == 0:
+        return "keep"
+    return "delete" if files[0].size is not None and similarity >= threshold else "review"
 
 
 # --- CSV --------------------------------------------------------------------------------------------------------
@@ -179,7 +184,7 @@ def write_csv(out: Path, planned: list[ReportGroup]) -> None:
                 pixels = "{}x{}".format(*member.dimensions) if member.dimensions else ""
                 writer.writerow(
                     [item.number, item.group.kind, item.group.modality, item.group.similarity, member.path, size]
-                    + [modified, pixels, similarity, suggestion(item, place)]
+                    + [modified, pixels, similarity, item.suggestions[place]]
                 )
 
 
@@ -243,8 +248,13 @@ def group_html(item: ReportGroup, previews: dict[str, str]) -> str:
         )
     cards = []
     for place, (file, similarity) in enumerate(zip(item.files, item.similarities, strict=True)):
-        verdict = suggestion(item, place)
-        badge = {"keep": "keep", "delete": f"delete · frees {human_size(file.size or 0)}", "missing": "missing"}
+        verdict = item.suggestions[place]
+        badge = {
+            "keep": "keep",
+            "delete": f"delete · frees {human_size(file.size or 0)}",
+            "review": "review: under the threshold from the kept file",
+            "missing": "missing",
+        }
         if file.size is None:
             details = "not found under the folder"
         else:
@@ -281,7 +291,7 @@ def preview(path: Path, modality: str) -> str | None:
             return f'<img src="{thumbnail(path)}" alt="">'
         with path.open("rb") as file:
             text = file.read(PREVIEW_BYTES).decode("utf-8", errors="replace")
-    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError):  # Pillow's errors for broken images
+    except Exception:  # best effort: Pillow's plugins raise many kinds of error on a broken file
         return None
     lines = text.splitlines()[:PREVIEW_LINES]
     return f"<pre>{escape(chr(10).join(lines))}</pre>"
@@ -355,6 +365,7 @@ main { padding: 8px 24px 24px; }
   display: flex; flex-direction: column; gap: 6px; }
 .card.keep { border-color: #2e9d4f; }
 .card.delete { border-color: #e0a0a0; }
+.card.review { border-color: #e0c060; }
 .card.missing { opacity: 0.5; }
 .card img { display: block; max-width: 200px; max-height: 200px; margin: 0 auto; }
 .card pre { margin: 0; height: 140px; overflow: hidden; white-space: pre-wrap; word-break: break-word;

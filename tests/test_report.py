@@ -15,6 +15,8 @@ from client.duplicates import Group
 from client.report import plan, thumbnail, totals, write_csv, write_html
 from client.store import Modality
 
+THRESHOLD = 0.95
+
 
 def write(path, data: bytes, modified: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,12 +53,12 @@ def kept(planned) -> list[str]:
 
 def test_each_rule_keeps_its_file_and_the_totals_count_a_file_once(tmp_path):
     modalities, groups = folder_and_groups(tmp_path)
-    largest = plan(groups, modalities, tmp_path, "largest")
+    largest = plan(groups, modalities, tmp_path, "largest", THRESHOLD)
     # Exact groups first; then near ones by the bytes they free. Of images the largest has the most pixels.
     assert [item.group.kind for item in largest] == ["exact", "near", "near"]
     assert kept(largest) == ["big.png", "big.png", "note.txt"]
-    assert kept(plan(groups, modalities, tmp_path, "newest"))[:2] == ["copies/big (copy).png"] * 2
-    assert kept(plan(groups, modalities, tmp_path, "shortest-path"))[:2] == ["big.png", "big.png"]
+    assert kept(plan(groups, modalities, tmp_path, "newest", THRESHOLD))[:2] == ["copies/big (copy).png"] * 2
+    assert kept(plan(groups, modalities, tmp_path, "shortest-path", THRESHOLD))[:2] == ["big.png", "big.png"]
 
     near_images = largest[1]
     assert near_images.similarities == [1.0, 1.0, 0.96]
@@ -72,9 +74,22 @@ def test_each_rule_keeps_its_file_and_the_totals_count_a_file_once(tmp_path):
     assert total.deletable == 2 and total.freed == near_images.frees
 
 
+def test_a_file_joined_through_others_but_under_the_threshold_from_the_kept_one_is_to_review(tmp_path):
+    angles = {"a.png": 0, "b.png": 20, "c.png": 40}  # a~b and b~c at cos 20° = 0.94; a and c at cos 40° = 0.77
+    for side, path in zip((300, 200, 100), angles, strict=True):
+        write(tmp_path / path, png((side, side)), 1_000_000)
+    vectors = np.array([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in angles.values()], dtype=np.float32)
+    modalities = {"image": Modality(list(angles), ["a", "b", "c"], vectors)}
+    [chain] = plan([Group("near", "image", 0.94, list(angles))], modalities, tmp_path, "largest", 0.9)
+
+    assert chain.suggestions == ["keep", "delete", "review"]
+    assert chain.frees == (tmp_path / "b.png").stat().st_size
+    assert totals([chain]).deletable == 1
+
+
 def test_csv_lists_every_file_of_every_group(tmp_path):
     modalities, groups = folder_and_groups(tmp_path)
-    planned = plan(groups, modalities, tmp_path, "largest")
+    planned = plan(groups, modalities, tmp_path, "largest", THRESHOLD)
     write_csv(tmp_path / "report.csv", planned)
     rows = list(csv.DictReader((tmp_path / "report.csv").open(encoding="utf-8")))
     assert [(row["group"], row["path"], row["suggestion"]) for row in rows] == [
@@ -92,7 +107,7 @@ def test_csv_lists_every_file_of_every_group(tmp_path):
 
 def test_the_page_stands_alone_and_shows_the_groups_that_free_most(tmp_path):
     modalities, groups = folder_and_groups(tmp_path)
-    planned = plan(groups, modalities, tmp_path, "largest")
+    planned = plan(groups, modalities, tmp_path, "largest", THRESHOLD)
     page = tmp_path / "report.html"
     shown = write_html(page, planned, tmp_path, source="v.parquet", threshold=0.95, keep="largest", max_groups=2)
     text = page.read_text()
