@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Most tokens in one batch of a text model (text-embeddings-inference's max_batch_tokens): a batch "
         "of long texts takes about a second on a 2-core CPU, so that a short request queued behind them waits no "
-        "longer; a larger request is sent in parts.",
+        "longer; a request over half a batch is sent in parts of at most half a batch.",
     )
     max_batch_size: int | None = Field(
         None,
