@@ -219,9 +219,12 @@ class Settings(BaseSettings):
 
     def threads_per_model(self) -> int:
         """CPU threads for one model process's thread pool."""
-        if self.model_threads:
-            return self.model_threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.model_threads or usable_cores()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache
