@@ -37,6 +37,7 @@ from embedding_server.settings import get_settings
 from models.onnx_backend import ONNX_FILE, onnx_forward
 from models.openvino_backend import openvino_forward
 from models.preprocess import ImagePreprocessor
+from models.quantize import similar_pairs
 from models.runtime import Runtime
 from models.tokenizer import TextTokenizer
 from models.vectors import l2_normalize
@@ -241,18 +242,15 @@ def vectors(engine: str, out: Path) -> None:
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict:
     cosines = np.sum(reference * other, axis=1)
-    upper = np.triu_indices(len(reference), k=1)
-    pairs_ref, pairs_other = (reference @ reference.T)[upper], (other @ other.T)[upper]
     result = {
         "items": len(reference),
         "cosine_mean": round(float(cosines.mean()), 6),
         "cosine_min": round(float(cosines.min()), 6),
     }
     for threshold in SIMILAR:
-        either = (pairs_ref >= threshold) | (pairs_other >= threshold)
-        both = (pairs_ref >= threshold) & (pairs_other >= threshold)
-        result[f"pairs_{threshold}"] = int(either.sum())
-        result[f"pair_agreement_{threshold}"] = round(float(both.sum() / max(1, either.sum())), 4)
+        both, either = similar_pairs(reference, other, threshold)
+        result[f"pairs_{threshold}"] = either
+        result[f"pair_agreement_{threshold}"] = round(both / max(1, either), 4)
     neighbours_ref, neighbours_other = (nearest(vectors, NEIGHBOURS) for vectors in (reference, other))
     shared = [len(set(a) & set(b)) for a, b in zip(neighbours_ref, neighbours_other, strict=True)]
     result[f"top{NEIGHBOURS}_agreement"] = round(float(np.mean(shared)) / NEIGHBOURS, 4)

@@ -39,7 +39,7 @@ import psutil
 import requests
 
 from bench.data import FILES_FOLDER, load_data, write_data
-from bench.report import Target, fmt, render_markdown, render_text
+from bench.report import Target, fmt, ratio, render_markdown, render_text
 from bench.run import BENCH_ENV, git_state, machine, models_stored, prepare_store
 from bench.server import READY_INTERVAL_S, READY_TIMEOUT_S, RssSampler, RunningServer, start_server, stop_server
 from embedding_server.settings import get_settings
@@ -338,8 +338,7 @@ def judge(results: dict) -> list[dict]:
     for row, key, limit, at_least in TARGETS:
         mine, peer = best(ours, row, key), best(peers, row, key)
         what = "items/s" if key == "items_per_s" else "p50"
-        ratio = round(mine[0] / peer[0], 3) if mine[0] and peer[0] else None
-        target = Target(f"{row}: {what}, our best ÷ infinity's best", ratio, limit, at_least)
+        target = Target(f"{row}: {what}, our best ÷ infinity's best", ratio(mine[0], peer[0]), limit, at_least)
         targets.append(
             {
                 **asdict(target),
@@ -498,9 +497,6 @@ def main() -> int:
         server = measure(ours.name, start, ROWS, seconds, data, check_texts)
         server.update(ours=True, env=ours.env)
         servers.append(server)
-    for ours in servers[1:]:
-        ours["cosines"] = cosines(servers[0].get("vectors"), ours.get("vectors"))
-        ours["cosine_min"] = min(ours["cosines"]) if ours["cosines"] else None
     for setup in setups:
         log = logs / f"infinity-{setup.name.replace(' ', '-')}.log"
         server = measure(
@@ -513,9 +509,10 @@ def main() -> int:
         )
         server["setup"] = {"options": list(setup.options), "folder": setup.folder}
         server["notes"] = log_notes(log)
+        servers.append(server)
+    for server in servers[1:]:  # against our default setup's vectors
         server["cosines"] = cosines(servers[0].get("vectors"), server.get("vectors"))
         server["cosine_min"] = min(server["cosines"]) if server["cosines"] else None
-        servers.append(server)
     for server in servers:
         server.pop("vectors", None)  # 384 floats a text: the cosines say what they show
 

@@ -299,7 +299,7 @@ def report(results: dict, out: Path) -> str:
         bulk["raw_files_per_s"] = raw_files_per_s(
             raw_best(results["raw"], "file text"), raw_best(results["raw"], "photo")
         )
-        bulk["vs_raw"] = round(bulk["files_per_s"] / bulk["raw_files_per_s"], 3) if bulk["raw_files_per_s"] else None
+        bulk["vs_raw"] = ratio(bulk["files_per_s"], bulk["raw_files_per_s"])
     targets = judge(results)
     results["targets"] = [{**asdict(t), "status": t.status} for t in targets]
     parts = tables(results, targets)

@@ -100,11 +100,7 @@ class Quality:
 def measure_quality(reference: np.ndarray, candidate: np.ndarray) -> Quality:
     """The gate's figures for L2-normalised vectors of the same inputs, row by row: fp32's and int8's."""
     cosines = np.sum(reference * candidate, axis=1)
-    upper = np.triu_indices(len(reference), 1)
-    similar_fp32 = (reference @ reference.T)[upper] >= PAIR_THRESHOLD
-    similar_int8 = (candidate @ candidate.T)[upper] >= PAIR_THRESHOLD
-    either = int(np.sum(similar_fp32 | similar_int8))
-    both = int(np.sum(similar_fp32 & similar_int8))
+    both, either = similar_pairs(reference, candidate, PAIR_THRESHOLD)
     return Quality(
         inputs=len(reference),
         mean_cosine=float(np.mean(cosines)),
@@ -112,6 +108,15 @@ def measure_quality(reference: np.ndarray, candidate: np.ndarray) -> Quality:
         pair_agreement=both / either if either else 1.0,
         similar_pairs=either,
     )
+
+
+def similar_pairs(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> tuple[int, int]:
+    """Of the pairs of rows at a cosine of `threshold` or more: how many both sets of vectors put there, and how many
+    either does."""
+    upper = np.triu_indices(len(reference), 1)
+    similar_reference = (reference @ reference.T)[upper] >= threshold
+    similar_candidate = (candidate @ candidate.T)[upper] >= threshold
+    return int(np.sum(similar_reference & similar_candidate)), int(np.sum(similar_reference | similar_candidate))
 
 
 @dataclass
